@@ -1,0 +1,33 @@
+"""Installs the score_jax package (distribution name: score-jax)."""
+
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _requirements(name):
+  with open(os.path.join(HERE, name)) as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+
+setuptools.setup(
+    name='score-jax',
+    version='0.1.0',
+    description='SCoRe self-correction training (Kumar et al., 2024) in JAX and Flax.',
+    long_description=open(os.path.join(HERE, 'README.md')).read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['score_jax', 'score_jax.*']),
+    install_requires=_requirements('requirements.txt'),
+    extras_require={
+        'test': ['pytest>=8'],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3.11',
+        'License :: OSI Approved :: Apache Software License',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
