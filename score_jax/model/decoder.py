@@ -1,0 +1,219 @@
+"""The decoder: embeddings, a stack of layers (scanned or unrolled), final norm, logits.
+
+The module is pure: the KV cache is an explicit argument and return value, so the same
+function serves the trainer's full-sequence forward and the sampler's prefill and decode
+steps, and every call can be jitted, sharded and donated.
+
+Slots and positions. A row of tokens may contain invalid slots (padding inside the fixed
+slot layout ``[prompt | attempt 1 | instruction | attempt 2]``). Invalid slots are never
+attended to, and the caller gives each valid token its RoPE position as the running count
+of valid tokens before it, so the model sees one contiguous conversation::
+
+    slot      0   1   2   3   4   5   6
+    token     a   b   .   .   c   d   .      (. = invalid)
+    position  0   1   -   -   2   3   -
+
+Causality is by slot: a query at slot i sees valid keys at slots <= i. With a cache, the
+new tokens occupy slots ``[cache_index, cache_index + T)`` of a fixed-length cache.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from score_jax.model.config import ModelConfig
+from score_jax.model.layers import (REMAT_POLICIES, AttentionInputs, Block, RMSNorm, Rotary,
+                                    param, softcap)
+from score_jax.sharding import MeshRules, constrain, sharded_init
+
+Array = jax.Array
+
+CACHE_AXES = ('layers', 'batch', 'cache_length', 'kv_heads', 'head_dim')
+
+
+@flax.struct.dataclass
+class KVCache:
+  """A fixed-length key/value cache for every layer, plus what each slot holds.
+
+  Attributes:
+    k, v: [L, B, S, K, Dh] keys (after RoPE) and values.
+    valid: [B, S] True where a slot holds a real token.
+    positions: [B, S] int32 RoPE position of the token in each slot (for sliding windows).
+  """
+
+  k: Array
+  v: Array
+  valid: Array
+  positions: Array
+
+  @property
+  def length(self) -> int:
+    return self.valid.shape[1]
+
+  @staticmethod
+  def logical_axes() -> 'KVCache':
+    return KVCache(k=CACHE_AXES, v=CACHE_AXES, valid=('batch', 'cache_length'),
+                   positions=('batch', 'cache_length'))
+
+
+def init_cache(config: ModelConfig, batch_size: int, length: int, dtype=None,
+               mesh_rules: MeshRules | None = None) -> KVCache:
+  """An empty cache (every slot invalid), placed by ``mesh_rules`` when given."""
+  dtype = jnp.dtype(dtype or config.dtype)
+  shape = (config.num_layers, batch_size, length, config.num_kv_heads, config.head_dim)
+
+  def make():
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   valid=jnp.zeros((batch_size, length), bool),
+                   positions=jnp.zeros((batch_size, length), jnp.int32))
+
+  if mesh_rules is None:
+    return jax.jit(make)()
+  abstract = jax.eval_shape(make)
+  return jax.jit(make, out_shardings=mesh_rules.shardings(KVCache.logical_axes(), abstract))()
+
+
+def _attention_masks(config: ModelConfig, positions: Array, valid: Array,
+                     cache: KVCache | None, cache_index: Array):
+  """[B, T, S] masks for global and (if any layer is local) sliding-window attention."""
+  t = positions.shape[1]
+  if cache is None:
+    key_valid, key_positions, num_slots = valid, positions, t
+  else:
+    key_valid, key_positions, num_slots = cache.valid, cache.positions, cache.length
+  query_slots = cache_index + jnp.arange(t)
+  causal = jnp.arange(num_slots)[None, :] <= query_slots[:, None]  # [T, S]
+  global_mask = causal[None] & key_valid[:, None, :]
+  local_mask = None
+  if config.has_local_layers:
+    distance = positions[:, :, None] - key_positions[:, None, :]
+    local_mask = global_mask & (distance < config.sliding_window)
+  return global_mask, local_mask
+
+
+class Decoder(nn.Module):
+  """A decoder-only transformer covering Llama, Qwen2, Gemma and Gemma 2 shapes."""
+
+  config: ModelConfig
+  mesh_rules: MeshRules | None = None
+
+  def setup(self):
+    c = self.config
+    self.embedding = self.param(
+        'embedding',
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ('vocab', 'embed')),
+        (c.vocab_size, c.d_model), c.jnp_param_dtype)
+    if not c.tie_embeddings:
+      self.unembedding = self.param(
+          'unembedding',
+          nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
+                                       ('embed', 'vocab')),
+          (c.d_model, c.vocab_size), c.jnp_param_dtype)
+    block = Block
+    if c.remat_policy != 'none':
+      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={'params': 0}, split_rngs={'params': True},
+          in_axes=(0, nn.broadcast), length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})(c, self.mesh_rules)
+    else:
+      self.layers = [block(c, self.mesh_rules, name=f'layer_{i}') for i in range(c.num_layers)]
+    self.final_norm = RMSNorm(c)
+
+  def __call__(self, tokens: Array, positions: Array, valid: Array,
+               cache: KVCache | None = None, cache_index: Array | int = 0,
+               return_hidden: bool = False):
+    """Runs the decoder over new tokens, optionally reading and writing a KV cache.
+
+    Args:
+      tokens: [B, T] int32 token ids.
+      positions: [B, T] int32 RoPE positions (running count of valid tokens).
+      valid: [B, T] bool; invalid slots are never attended to.
+      cache: a KVCache to write the new tokens into and attend over, or None to attend
+        over ``tokens`` alone.
+      cache_index: the first cache slot of the new tokens (a traced scalar is fine).
+      return_hidden: return the final-normed hidden states [B, T, D] instead of logits.
+
+    Returns:
+      ``(logits [B, T, V] in fp32 or hidden [B, T, D], new cache or None)``.
+    """
+    c = self.config
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    valid = valid.astype(bool)
+    positions = positions.astype(jnp.int32)
+    if cache is not None:
+      cache = cache.replace(
+          valid=jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache_index)),
+          positions=jax.lax.dynamic_update_slice(cache.positions, positions, (0, cache_index)))
+    global_mask, local_mask = _attention_masks(c, positions, valid, cache, cache_index)
+    shared = AttentionInputs(rotary=Rotary.for_positions(positions, c), global_mask=global_mask,
+                             local_mask=local_mask, cache_index=cache_index)
+
+    x = self.embed(tokens)
+    kv = None if cache is None else (cache.k, cache.v)
+    kinds = c.layer_kinds
+    if c.scan_layers:
+      is_local = jnp.asarray([kind == 'local' for kind in kinds])
+      (x, kv), _ = self.layers((x, kv), (jnp.arange(c.num_layers), is_local), shared)
+    else:
+      for i, layer in enumerate(self.layers):
+        (x, kv), _ = layer((x, kv), (i, kinds[i] == 'local'), shared)
+    if cache is not None:
+      cache = cache.replace(k=kv[0], v=kv[1])
+
+    hidden = self.final_norm(x)
+    if return_hidden:
+      return hidden, cache
+    return self.logits(hidden), cache
+
+  def embed(self, tokens: Array) -> Array:
+    """Token embeddings [B, T, D] in the compute dtype (Gemma scales them by sqrt(D))."""
+    c = self.config
+    # Gather the FSDP-split width first (as for every weight): looking tokens up in a table
+    # split along 'embed' makes XLA replicate the looked-up activations.
+    table = constrain(self.embedding, ('vocab', None), self.mesh_rules)
+    x = jnp.take(table, tokens, axis=0).astype(c.jnp_dtype)
+    if c.embed_scale:
+      x = x * jnp.asarray(c.d_model ** 0.5, c.jnp_dtype)
+    return constrain(x, ('batch', 'length', 'embed'), self.mesh_rules)
+
+  def logits(self, hidden: Array) -> Array:
+    """fp32 logits [..., V] from final hidden states, soft-capped when configured."""
+    c = self.config
+    dtype = c.jnp_dtype
+    if c.tie_embeddings:
+      out = jnp.einsum('...d,vd->...v', hidden.astype(dtype), self.embedding.astype(dtype),
+                       preferred_element_type=jnp.float32)
+    else:
+      out = jnp.einsum('...d,dv->...v', hidden.astype(dtype), self.unembedding.astype(dtype),
+                       preferred_element_type=jnp.float32)
+    out = softcap(out, c.final_logit_softcap)
+    if out.ndim == 3:
+      out = constrain(out, ('batch', 'length', 'vocab'), self.mesh_rules)
+    return out
+
+
+def init_params(model: Decoder, rng: Array):
+  """Initialises parameters in their sharded layout (see ``sharding.sharded_init``).
+
+  Returns:
+    ``(params, logical_axes)``: the plain parameter pytree and its logical axis names.
+  """
+  def init_fn(key):
+    ones = jnp.ones((1, 1), jnp.int32)
+    return model.init(key, ones, ones, ones.astype(bool))['params']
+
+  return sharded_init(init_fn, model.mesh_rules, rng)
+
+
+def positions_from_valid(valid: Array) -> Array:
+  """RoPE positions [B, T] int32: the number of valid tokens before each slot.
+
+  An invalid slot gets the position of the valid token before it; it is never attended to,
+  so the value only has to be in range.
+  """
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)

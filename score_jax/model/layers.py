@@ -1,0 +1,257 @@
+"""The decoder's building blocks: RMSNorm, rotary embeddings, attention, MLP, one layer.
+
+Shapes use these letters: B batch, T new tokens, S key slots (T without a cache, the cache
+length with one), D model width, H query heads, K key/value heads, G = H // K query heads per
+key/value head, Dh head width, F MLP width, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from score_jax.model.config import ModelConfig
+from score_jax.sharding import MeshRules, constrain
+
+Array = jax.Array
+
+# A finite "minus infinity": a query whose keys are all masked (an invalid padding slot)
+# then gets uniform weights instead of NaNs; its output is never used.
+_MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def dense_init(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
+  """Truncated-normal init with variance 1/fan_in over the given input axes."""
+  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
+                                          in_axis=in_axes, out_axis=out_axes)
+
+
+def param(module: nn.Module, name: str, init, shape, names, config: ModelConfig):
+  """Declares a parameter with logical axis names in the configured parameter dtype."""
+  return module.param(name, nn.with_logical_partitioning(init, names), shape,
+                      config.jnp_param_dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm in fp32; Gemma's variant scales by (1 + w) with w born at 0."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    init = nn.initializers.zeros if c.norm_scale_plus_one else nn.initializers.ones
+    scale = param(self, 'scale', init, (x.shape[-1],), ('norm',), c).astype(jnp.float32)
+    if c.norm_scale_plus_one:
+      scale = 1.0 + scale
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + c.norm_eps)
+    return (normed * scale).astype(c.jnp_dtype)
+
+
+# ---- rotary position embeddings -------------------------------------------------------------
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> Array:
+  """Per-pair rotation frequencies [Dh/2], with Llama 3's long-context scaling if set."""
+  c = config
+  exponents = jnp.arange(0, c.head_dim, 2, dtype=jnp.float32) / c.head_dim
+  inv_freq = 1.0 / (c.rope_theta ** exponents)
+  if c.rope_scaling == 'llama3':
+    # Llama 3.1: leave high frequencies alone, divide low frequencies by `factor`, and
+    # interpolate smoothly in between (by wavelength relative to the original context).
+    wavelength = 2 * jnp.pi / inv_freq
+    low_freq_wavelength = c.rope_original_max_position / c.rope_low_freq_factor
+    high_freq_wavelength = c.rope_original_max_position / c.rope_high_freq_factor
+    smooth = ((c.rope_original_max_position / wavelength - c.rope_low_freq_factor) /
+              (c.rope_high_freq_factor - c.rope_low_freq_factor))
+    interpolated = (1 - smooth) * inv_freq / c.rope_scaling_factor + smooth * inv_freq
+    inv_freq = jnp.where(wavelength > low_freq_wavelength, inv_freq / c.rope_scaling_factor,
+                         jnp.where(wavelength < high_freq_wavelength, inv_freq, interpolated))
+  return inv_freq
+
+
+@flax.struct.dataclass
+class Rotary:
+  """Sines and cosines [B, T, Dh/2] of every token's RoPE angles, computed once per call."""
+
+  sin: Array
+  cos: Array
+
+  @classmethod
+  def for_positions(cls, positions: Array, config: ModelConfig) -> 'Rotary':
+    angles = positions.astype(jnp.float32)[..., None] * rope_inverse_frequencies(config)
+    return cls(sin=jnp.sin(angles), cos=jnp.cos(angles))
+
+  def apply(self, x: Array) -> Array:
+    """Rotates [B, T, heads, Dh] in the "half split" layout used by Hugging Face."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    sin, cos = self.sin[:, :, None, :], self.cos[:, :, None, :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class AttentionInputs:
+  """What every layer's attention shares: rotary angles, masks and where the cache is written.
+
+  Attributes:
+    rotary: RoPE angles of the new tokens.
+    global_mask: [B, T, S] True where a query may attend to a key slot (the key is valid and
+      not in the query's future).
+    local_mask: [B, T, S] global_mask restricted to the sliding window, or None when no
+      layer is local.
+    cache_index: int32 scalar, the first cache slot the new tokens are written to.
+  """
+
+  rotary: Rotary
+  global_mask: Array
+  local_mask: Array | None
+  cache_index: Array
+
+
+def softcap(x: Array, cap: float) -> Array:
+  """cap * tanh(x / cap): bounds logits smoothly (Gemma 2); identity when cap is 0."""
+  return x if not cap else cap * jnp.tanh(x / cap)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention over a fixed-length KV cache (or over the input itself)."""
+
+  config: ModelConfig
+  mesh_rules: MeshRules | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, inputs: AttentionInputs, is_local: Array | bool,
+               cache: tuple[Array, Array] | None, layer_index: Array | int):
+    """Returns (output [B, T, D], updated (k, v) cache stacks or None).
+
+    Args:
+      x: normalised hidden states [B, T, D].
+      inputs: shared per-call inputs (RoPE, masks, cache index).
+      is_local: whether this layer uses the sliding-window mask (traced under scan).
+      cache: the whole model's (k, v) stacks, each [L, B, S, K, Dh], or None.
+      layer_index: this layer's row in the cache stacks.
+    """
+    c = self.config
+    h, k, hd, d = c.num_heads, c.num_kv_heads, c.head_dim, c.d_model
+    dtype = c.jnp_dtype
+    q_kernel = param(self, 'q_kernel', dense_init((0,), (1, 2)), (d, h, hd),
+                     ('embed', 'heads', 'head_dim'), c)
+    k_kernel = param(self, 'k_kernel', dense_init((0,), (1, 2)), (d, k, hd),
+                     ('embed', 'kv_heads', 'head_dim'), c)
+    v_kernel = param(self, 'v_kernel', dense_init((0,), (1, 2)), (d, k, hd),
+                     ('embed', 'kv_heads', 'head_dim'), c)
+    o_kernel = param(self, 'o_kernel', dense_init((0, 1), (2,)), (h, hd, d),
+                     ('heads', 'head_dim', 'embed'), c)
+    x = x.astype(dtype)
+    q = jnp.einsum('btd,dhk->bthk', x, q_kernel.astype(dtype))
+    key = jnp.einsum('btd,dhk->bthk', x, k_kernel.astype(dtype))
+    value = jnp.einsum('btd,dhk->bthk', x, v_kernel.astype(dtype))
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + param(self, 'q_bias', zeros, (h, hd), ('heads', 'head_dim'), c).astype(dtype)
+      key = key + param(self, 'k_bias', zeros, (k, hd), ('kv_heads', 'head_dim'), c).astype(dtype)
+      value = value + param(self, 'v_bias', zeros, (k, hd), ('kv_heads', 'head_dim'),
+                            c).astype(dtype)
+    q = constrain(inputs.rotary.apply(q) * jnp.asarray(c.query_scale, dtype),
+                  ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
+    key = constrain(inputs.rotary.apply(key), ('batch', 'length', 'kv_heads', 'head_dim'),
+                    self.mesh_rules)
+    value = constrain(value, ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
+
+    if cache is not None:
+      # Write the new keys/values at [cache_index, cache_index + T) of this layer's row, then
+      # attend over every slot of the row; the masks hide empty and future slots.
+      cache_k, cache_v = cache
+      start = (layer_index, 0, inputs.cache_index, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, key[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, value[None].astype(cache_v.dtype), start)
+      key = cache_k[layer_index].astype(dtype)
+      value = cache_v[layer_index].astype(dtype)
+      cache = (cache_k, cache_v)
+
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, k, h // k, hd)  # [B, T, K, G, Dh]
+    logits = jnp.einsum('btkgd,bskd->bkgts', q, key, preferred_element_type=jnp.float32)
+    logits = softcap(logits, c.attn_logit_softcap)
+    mask = inputs.global_mask
+    if inputs.local_mask is not None:
+      mask = jnp.where(is_local, inputs.local_mask, mask)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum('bkgts,bskd->btkgd', weights, value).reshape(b, t, h, hd)
+    out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
+    out = jnp.einsum('bthk,hkd->btd', out, o_kernel.astype(dtype))
+    return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), cache
+
+
+class GatedMLP(nn.Module):
+  """SwiGLU (Llama, Qwen2) or GeGLU with tanh-approximated GELU (Gemma)."""
+
+  config: ModelConfig
+  mesh_rules: MeshRules | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    dtype = c.jnp_dtype
+    gate = param(self, 'gate_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
+                 ('embed', 'mlp'), c)
+    up = param(self, 'up_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
+               ('embed', 'mlp'), c)
+    down = param(self, 'down_kernel', dense_init((0,), (1,)), (c.mlp_dim, c.d_model),
+                 ('mlp', 'embed'), c)
+    x = x.astype(dtype)
+    gate_act = x @ gate.astype(dtype)
+    if c.activation == 'silu':
+      gate_act = jax.nn.silu(gate_act)
+    else:
+      gate_act = jax.nn.gelu(gate_act, approximate=True)
+    hidden = constrain(gate_act * (x @ up.astype(dtype)), ('batch', 'length', 'mlp'),
+                       self.mesh_rules)
+    return constrain(hidden @ down.astype(dtype), ('batch', 'length', 'embed'), self.mesh_rules)
+
+
+class Block(nn.Module):
+  """One pre-norm decoder layer (with Gemma 2's extra post-norms when configured).
+
+  The signature ``(carry, layer_inputs, shared) -> (carry, None)`` is what ``nn.scan``
+  needs: the carry holds the hidden states and the whole model's cache stacks, so a layer
+  writes only its new tokens into the cache instead of copying its whole cache row.
+  """
+
+  config: ModelConfig
+  mesh_rules: MeshRules | None = None
+
+  @nn.compact
+  def __call__(self, carry: tuple[Array, Any], layer_inputs: tuple[Array, Array],
+               shared: AttentionInputs):
+    c = self.config
+    x, cache = carry
+    layer_index, is_local = layer_inputs
+    attn_out, cache = Attention(c, self.mesh_rules, name='attn')(
+        RMSNorm(c, name='pre_attn_norm')(x), shared, is_local, cache, layer_index)
+    if c.post_norms:
+      attn_out = RMSNorm(c, name='post_attn_norm')(attn_out)
+    x = x + attn_out
+    mlp_out = GatedMLP(c, self.mesh_rules, name='mlp')(RMSNorm(c, name='pre_mlp_norm')(x))
+    if c.post_norms:
+      mlp_out = RMSNorm(c, name='post_mlp_norm')(mlp_out)
+    x = constrain(x + mlp_out, ('batch', 'length', 'embed'), self.mesh_rules)
+    return (x, cache), None
+
+
+REMAT_POLICIES = {
+    'full': None,  # Save nothing: recompute the whole layer in the backward pass.
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
