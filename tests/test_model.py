@@ -1,0 +1,173 @@
+"""The decoder: cached decoding, padding, scan/unrolled, remat, dtypes, RoPE scaling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import make_model, random_tokens, tiny_config
+from score_jax.model import Decoder, init_cache, positions_from_valid, preset_names
+from score_jax.model.layers import rope_inverse_frequencies
+
+PRESETS = ['tiny', 'tiny_gemma2']
+
+
+def full_logits(model, params, tokens, valid):
+  return jax.jit(model.apply)({'params': params}, tokens, positions_from_valid(valid), valid)[0]
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_cached_decoding_equals_full_forward(preset):
+  """Prefill a left-padded prompt, then decode one token at a time: same logits as one pass."""
+  model, params, _ = make_model(preset)
+  config = model.config
+  batch, prompt_len, total = 3, 10, 26
+  assert config.sliding_window in (0, 8)  # The Gemma-2 model's window is shorter than the row.
+  tokens = random_tokens(0, (batch, total), config.vocab_size)
+  valid = np.ones((batch, total), bool)
+  valid[1, :3] = False  # Left padding of different lengths in the prompt.
+  valid[2, :6] = False
+  valid = jnp.asarray(valid)
+  positions = positions_from_valid(valid)
+  expected = full_logits(model, params, tokens, valid)
+
+  apply = jax.jit(model.apply)
+  cache = init_cache(config, batch, total + 6)  # Longer than needed: empty slots stay hidden.
+  logits, cache = apply({'params': params}, tokens[:, :prompt_len], positions[:, :prompt_len],
+                        valid[:, :prompt_len], cache=cache, cache_index=0)
+  pieces = [logits]
+  for i in range(prompt_len, total):
+    logits, cache = apply({'params': params}, tokens[:, i:i + 1], positions[:, i:i + 1],
+                          valid[:, i:i + 1], cache=cache, cache_index=i)
+    pieces.append(logits)
+  cached = jnp.concatenate(pieces, axis=1)
+  mask = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(cached)[mask], np.asarray(expected)[mask], atol=1e-4)
+  assert np.abs(np.asarray(expected)[mask]).max() > 1.0  # Not a trivially small output.
+
+
+def test_gemma2_features_are_active():
+  """The Gemma-2 test model really exercises the sliding window and both soft-caps."""
+  model, params, _ = make_model('tiny_gemma2')
+  tokens = random_tokens(1, (2, 24), model.config.vocab_size)
+  valid = jnp.ones((2, 24), bool)
+  base = full_logits(model, params, tokens, valid)
+  assert np.abs(np.asarray(base)).max() <= model.config.final_logit_softcap + 1e-4
+  for change in (dict(sliding_window=1000), dict(attn_logit_softcap=0.0),
+                 dict(final_logit_softcap=0.0)):
+    other = Decoder(tiny_config('tiny_gemma2', **change))
+    assert np.abs(np.asarray(full_logits(other, params, tokens, valid) - base)).max() > 1e-2, change
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_invalid_slots_inside_a_row_do_not_change_valid_logits(preset):
+  model, params, _ = make_model(preset)
+  vocab = model.config.vocab_size
+  compact = random_tokens(2, (2, 14), vocab)
+  compact_valid = jnp.ones((2, 14), bool)
+  expected = full_logits(model, params, compact, compact_valid)
+
+  # Spread the same tokens over 22 slots with invalid garbage tokens in between.
+  rng = np.random.default_rng(3)
+  padded = rng.integers(0, vocab, (2, 22))
+  padded_valid = np.zeros((2, 22), bool)
+  slots = [np.sort(rng.choice(22, 14, replace=False)) for _ in range(2)]
+  for row, row_slots in enumerate(slots):
+    padded[row, row_slots] = np.asarray(compact[row])
+    padded_valid[row, row_slots] = True
+  got = full_logits(model, params, jnp.asarray(padded, jnp.int32), jnp.asarray(padded_valid))
+  for row, row_slots in enumerate(slots):
+    np.testing.assert_allclose(np.asarray(got)[row, row_slots], np.asarray(expected)[row],
+                               atol=1e-4)
+
+
+def stack_to_layers(params, num_layers):
+  """Scanned (stacked) parameters → the unrolled layout with one subtree per layer."""
+  unrolled = {k: v for k, v in params.items() if k != 'layers'}
+  for i in range(num_layers):
+    unrolled[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  return unrolled
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_scanned_and_unrolled_layers_agree(preset):
+  model, params, _ = make_model(preset)
+  unrolled_model = Decoder(tiny_config(preset, scan_layers=False))
+  unrolled = stack_to_layers(params, model.config.num_layers)
+  tokens = random_tokens(4, (2, 12), model.config.vocab_size)
+  valid = jnp.ones((2, 12), bool)
+  np.testing.assert_allclose(full_logits(unrolled_model, unrolled, tokens, valid),
+                             full_logits(model, params, tokens, valid), atol=1e-4)
+
+
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_keeps_gradients(policy):
+  model, params, _ = make_model('tiny')
+  remat_model = Decoder(tiny_config('tiny', remat_policy=policy))
+  tokens = random_tokens(5, (2, 10), model.config.vocab_size)
+  valid = jnp.ones((2, 10), bool)
+  positions = positions_from_valid(valid)
+
+  def loss(m, p):
+    return jnp.mean(m.apply({'params': p}, tokens, positions, valid)[0] ** 2)
+
+  g_plain = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
+  g_remat = jax.jit(jax.grad(lambda p: loss(remat_model, p)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               g_plain, g_remat)
+
+
+def test_qkv_bias_and_untied_output_are_used():
+  model, params, _ = make_model('tiny', qkv_bias=True, tie_embeddings=False)
+  assert 'q_bias' in params['layers']['attn'] and 'unembedding' in params
+  tokens = random_tokens(6, (1, 8), model.config.vocab_size)
+  valid = jnp.ones((1, 8), bool)
+  base = full_logits(model, params, tokens, valid)
+  for path in (('layers', 'attn', 'k_bias'), ('unembedding',)):
+    changed = jax.tree.map(lambda x: x, params)
+    node = changed
+    for key in path[:-1]:
+      node = node[key]
+    node[path[-1]] = node[path[-1]] + 0.5
+    assert np.abs(np.asarray(full_logits(model, changed, tokens, valid) - base)).max() > 1e-3
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  model, params, _ = make_model('tiny', scale=0.1)
+  bf16 = Decoder(tiny_config('tiny', dtype='bfloat16'))
+  tokens = random_tokens(7, (2, 12), model.config.vocab_size)
+  valid = jnp.ones((2, 12), bool)
+  reference = full_logits(model, params, tokens, valid)
+  got = full_logits(bf16, params, tokens, valid)
+  assert got.dtype == jnp.float32  # Logits always come back in fp32.
+  scale = float(jnp.abs(reference).max())
+  assert float(jnp.abs(got - reference).max()) < 0.05 * scale
+
+
+def test_llama3_rope_scaling_bands():
+  """High frequencies are kept, low ones divided by the factor, the middle in between."""
+  plain = rope_inverse_frequencies(tiny_config('tiny', head_dim=64, rope_theta=500_000.0))
+  scaled = rope_inverse_frequencies(tiny_config(
+      'tiny', head_dim=64, rope_theta=500_000.0, rope_scaling='llama3', rope_scaling_factor=8.0,
+      rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_position=8192))
+  wavelength = 2 * np.pi / np.asarray(plain)
+  high = wavelength < 8192 / 4
+  low = wavelength > 8192 / 1
+  np.testing.assert_allclose(np.asarray(scaled)[high], np.asarray(plain)[high], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(scaled)[low], np.asarray(plain)[low] / 8, rtol=1e-6)
+  middle = ~high & ~low
+  assert middle.any()
+  ratio = np.asarray(scaled)[middle] / np.asarray(plain)[middle]
+  assert np.all((ratio < 1) & (ratio > 1 / 8))
+
+
+@pytest.mark.parametrize('preset', preset_names())
+def test_presets_build_and_count_parameters(preset):
+  """Every preset is a valid config whose parameter tree has the size the config predicts."""
+  config = tiny_config(preset, qkv_bias=True) if preset.startswith('tiny') else tiny_config(preset)
+  model = Decoder(config)
+  ones = jnp.ones((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), ones, ones, ones > 0))
+  assert sum(x.size for x in jax.tree.leaves(abstract)) == config.num_params()
+  if preset == 'smollm2_135m':
+    assert config.num_params() == 134_515_008  # The published size of SmolLM2-135M.
