@@ -59,21 +59,26 @@ class KVCache:
                    positions=('batch', 'cache_length'))
 
 
-def init_cache(config: ModelConfig, batch_size: int, length: int, dtype=None,
-               mesh_rules: MeshRules | None = None) -> KVCache:
-  """An empty cache (every slot invalid), placed by ``mesh_rules`` when given."""
+def empty_cache(config: ModelConfig, batch_size: int, length: int, dtype=None,
+                mesh_rules: MeshRules | None = None) -> KVCache:
+  """An empty cache (every slot invalid), for use inside a jitted function.
+
+  With ``mesh_rules`` the arrays are constrained to their logical sharding, so a cache
+  built inside a jitted rollout is born split over the batch and KV heads.
+  """
   dtype = jnp.dtype(dtype or config.dtype)
   shape = (config.num_layers, batch_size, length, config.num_kv_heads, config.head_dim)
+  cache = KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                  valid=jnp.zeros((batch_size, length), bool),
+                  positions=jnp.zeros((batch_size, length), jnp.int32))
+  return jax.tree.map(lambda x, names: constrain(x, names, mesh_rules), cache,
+                      KVCache.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
 
-  def make():
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   valid=jnp.zeros((batch_size, length), bool),
-                   positions=jnp.zeros((batch_size, length), jnp.int32))
 
-  if mesh_rules is None:
-    return jax.jit(make)()
-  abstract = jax.eval_shape(make)
-  return jax.jit(make, out_shardings=mesh_rules.shardings(KVCache.logical_axes(), abstract))()
+def init_cache(config: ModelConfig, batch_size: int, length: int, dtype=None,
+               mesh_rules: MeshRules | None = None) -> KVCache:
+  """An empty cache as concrete arrays, placed by ``mesh_rules`` when given."""
+  return jax.jit(lambda: empty_cache(config, batch_size, length, dtype, mesh_rules))()
 
 
 def _attention_masks(config: ModelConfig, positions: Array, valid: Array,
