@@ -1,0 +1,285 @@
+"""The two-turn rollout: problem → attempt 1 → self-correction instruction → attempt 2.
+
+One jitted program with static shapes fills a row of fixed slots::
+
+    slot:   [ prompt (P) | attempt 1 (L1) | instruction (I) | attempt 2 (L2) ]
+    valid:    . . p p p    a a a a s . .    . i i i i i       a a s . . . .
+              left-padded  right-padded     left-padded       right-padded
+
+    (p prompt token, a sampled token, s the sampled stop token, i instruction, . invalid)
+
+Prompts and the instruction are right-aligned in their slots so that the last slot of each
+holds a real token: its logits start the next attempt for every row at once. Attempts grow
+from the left of their slot and stop at a stop token; the rest of the slot is padding.
+RoPE positions count valid tokens only, so the model sees one contiguous conversation, and
+the instruction sits "right after" each row's attempt however long it was.
+
+The KV cache covers the whole row and is reused across the turns: prefill the prompts,
+decode attempt 1 with ``lax.while_loop`` (until every row stopped or the slot is full),
+prefill the instruction into the same cache, decode attempt 2. Each sampled token's fp32
+log-probability under the model (untempered, unfiltered: the quantity the trainer
+recomputes) is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax.model import Decoder, KVCache, empty_cache, positions_from_valid
+from score_jax.sampling.sample import SamplingParams, select_tokens
+from score_jax.sharding import constrain
+
+Array = jax.Array
+
+# Segment ids: what each slot of a rollout row holds. They drive the trainer's masks.
+PAD, PROMPT, ATTEMPT1, INSTRUCTION, ATTEMPT2 = 0, 1, 2, 3, 4
+SEGMENT_NAMES = ('pad', 'prompt', 'attempt1', 'instruction', 'attempt2')
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+  """The static shape of a rollout: slot widths, the instruction and the stop tokens.
+
+  ``attempt2_len = 0`` gives the single-turn mode (prompt and attempt 1 only), used for
+  evaluation of first attempts and for single-turn baselines.
+  """
+
+  prompt_len: int
+  attempt1_len: int
+  stop_tokens: tuple[int, ...]
+  instruction_tokens: tuple[int, ...] = ()
+  attempt2_len: int = 0
+  instruction_len: int = 0  # Slot width; 0 means exactly len(instruction_tokens).
+  pad_id: int = 0
+  top_k: int = 0  # Static: 0 keeps every token.
+
+  def __post_init__(self):
+    if self.prompt_len <= 0 or self.attempt1_len <= 0:
+      raise ValueError(f'Slot widths must be positive; got prompt_len={self.prompt_len}, '
+                       f'attempt1_len={self.attempt1_len}.')
+    if not self.stop_tokens:
+      raise ValueError('At least one stop token is needed to end an attempt.')
+    if self.attempt2_len < 0:
+      raise ValueError(f'attempt2_len must be >= 0; got {self.attempt2_len}.')
+    if self.two_turns and not self.instruction_tokens:
+      raise ValueError('A two-turn rollout needs the instruction tokens.')
+    if self.instruction_len and self.instruction_len < len(self.instruction_tokens):
+      raise ValueError(f'The instruction has {len(self.instruction_tokens)} tokens but its slot '
+                       f'(instruction_len) is {self.instruction_len}.')
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0; got {self.top_k}.')
+
+  @property
+  def two_turns(self) -> bool:
+    return self.attempt2_len > 0
+
+  @property
+  def instruction_width(self) -> int:
+    if not self.two_turns:
+      return 0
+    return self.instruction_len or len(self.instruction_tokens)
+
+  @property
+  def total_len(self) -> int:
+    return self.prompt_len + self.attempt1_len + self.instruction_width + self.attempt2_len
+
+  @property
+  def attempt1_start(self) -> int:
+    return self.prompt_len
+
+  @property
+  def instruction_start(self) -> int:
+    return self.prompt_len + self.attempt1_len
+
+  @property
+  def attempt2_start(self) -> int:
+    return self.instruction_start + self.instruction_width
+
+  def segment_of_slot(self) -> np.ndarray:
+    """[T] the segment each slot belongs to (before padding is marked)."""
+    widths = (self.prompt_len, self.attempt1_len, self.instruction_width, self.attempt2_len)
+    return np.repeat(np.asarray([PROMPT, ATTEMPT1, INSTRUCTION, ATTEMPT2]), widths)
+
+
+@flax.struct.dataclass
+class Rollout:
+  """A batch of finished trajectories in the fixed slot layout (all [B, T] but ``stopped``).
+
+  Attributes:
+    tokens: int32 token ids; ``pad_id`` where invalid.
+    valid: bool, True for real tokens.
+    positions: int32 RoPE positions (running count of valid tokens).
+    segments: int32 segment ids (PAD for invalid slots; PROMPT, ATTEMPT1, INSTRUCTION,
+      ATTEMPT2 otherwise).
+    logprobs: fp32 log-probability of each sampled token under the sampling policy; 0 for
+      prompt, instruction and invalid slots.
+    stopped: [B, 2] bool, whether each attempt ended with a stop token (False when it ran
+      out of room, and for attempt 2 in single-turn mode).
+  """
+
+  tokens: Array
+  valid: Array
+  positions: Array
+  segments: Array
+  logprobs: Array
+  stopped: Array
+
+  def attempt_mask(self, attempt: int) -> Array:
+    return self.segments == (ATTEMPT1 if attempt == 1 else ATTEMPT2)
+
+
+@flax.struct.dataclass
+class _DecodeState:
+  """The ``lax.while_loop`` state of one attempt's decode loop."""
+
+  step: Array  # int32 scalar: slots of this attempt filled so far.
+  cache: KVCache
+  logits: Array  # [B, V] fp32 logits predicting the next token.
+  next_position: Array  # [B] RoPE position of the next valid token.
+  done: Array  # [B] the row has sampled a stop token.
+  tokens: Array  # [B, L]
+  valid: Array  # [B, L]
+  positions: Array  # [B, L]
+  logprobs: Array  # [B, L]
+
+
+def _set_column(x: Array, column: Array, value: Array) -> Array:
+  return jax.lax.dynamic_update_slice(x, value[:, None].astype(x.dtype), (0, column))
+
+
+def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, logits: Array,
+                    next_position: Array, start_slot: int, length: int, rng: Array,
+                    sampling: SamplingParams) -> _DecodeState:
+  """Samples up to ``length`` tokens per row into cache slots [start_slot, start_slot + L)."""
+  batch = logits.shape[0]
+  stop_tokens = jnp.asarray(spec.stop_tokens, jnp.int32)
+  apply = functools.partial(model.apply, {'params': params})
+
+  def keep_going(state: _DecodeState) -> Array:
+    return (state.step < length) & ~jnp.all(state.done)
+
+  def decode_one(state: _DecodeState) -> _DecodeState:
+    active = ~state.done
+    token = select_tokens(state.logits, jax.random.fold_in(rng, state.step), sampling, spec.top_k)
+    token = jnp.where(active, token, spec.pad_id)
+    logp_all = jax.nn.log_softmax(state.logits, axis=-1)
+    logp = jnp.where(active, jnp.take_along_axis(logp_all, token[:, None], axis=-1)[:, 0], 0.0)
+    # Feed the token: its keys/values enter the cache and its logits predict the next one.
+    next_logits, cache = apply(token[:, None], state.next_position[:, None], active[:, None],
+                               cache=state.cache, cache_index=start_slot + state.step)
+    return _DecodeState(
+        step=state.step + 1, cache=cache, logits=next_logits[:, -1],
+        next_position=state.next_position + active.astype(jnp.int32),
+        done=state.done | (active & jnp.isin(token, stop_tokens)),
+        tokens=_set_column(state.tokens, state.step, token),
+        valid=_set_column(state.valid, state.step, active),
+        positions=_set_column(state.positions, state.step, state.next_position),
+        logprobs=_set_column(state.logprobs, state.step, logp))
+
+  state = _DecodeState(
+      step=jnp.int32(0), cache=cache, logits=logits, next_position=next_position,
+      done=jnp.zeros((batch,), bool), tokens=jnp.full((batch, length), spec.pad_id, jnp.int32),
+      valid=jnp.zeros((batch, length), bool), positions=jnp.zeros((batch, length), jnp.int32),
+      logprobs=jnp.zeros((batch, length), jnp.float32))
+  return jax.lax.while_loop(keep_going, decode_one, state)
+
+
+def _prefill(model: Decoder, params, cache: KVCache, tokens: Array, positions: Array,
+             valid: Array, start_slot: int):
+  """Writes a right-aligned block into the cache; returns its last slot's logits [B, V]."""
+  hidden, cache = model.apply({'params': params}, tokens, positions, valid, cache=cache,
+                              cache_index=start_slot, return_hidden=True)
+  logits = model.apply({'params': params}, hidden[:, -1], method=Decoder.logits)
+  return logits, cache
+
+
+def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_valid: Array,
+            rng: Array, sampling: SamplingParams) -> Rollout:
+  """Samples attempt 1 (and, with two turns, the instruction and attempt 2) for a batch.
+
+  Args:
+    model: the decoder (its ``mesh_rules`` shard the batch and the cache).
+    spec: static slot widths, instruction and stop tokens.
+    params: policy parameters.
+    prompts: [B, P] int32 prompt tokens, left-padded (see ``pack_prompts``).
+    prompt_valid: [B, P] bool; the last slot of every row must be valid.
+    rng: PRNG key; split per decoded step.
+    sampling: temperature and top-p (arrays: changing them does not recompile).
+
+  Returns:
+    A ``Rollout`` with [B, spec.total_len] arrays.
+  """
+  batch = prompts.shape[0]
+  rules = model.mesh_rules
+  prompts = constrain(prompts.astype(jnp.int32), ('batch', 'length'), rules)
+  prompt_valid = constrain(prompt_valid.astype(bool), ('batch', 'length'), rules)
+  prompt_positions = positions_from_valid(prompt_valid)
+  cache = empty_cache(model.config, batch, spec.total_len, mesh_rules=rules)
+  rng_attempt1, rng_attempt2 = jax.random.split(rng)
+
+  logits, cache = _prefill(model, params, cache, prompts, prompt_positions, prompt_valid, 0)
+  next_position = jnp.sum(prompt_valid, axis=1, dtype=jnp.int32)
+  attempt1 = _decode_attempt(model, params, spec, cache, logits, next_position,
+                             spec.attempt1_start, spec.attempt1_len, rng_attempt1, sampling)
+  parts = [(prompts, prompt_valid, prompt_positions, jnp.zeros(prompts.shape, jnp.float32)),
+           (attempt1.tokens, attempt1.valid, attempt1.positions, attempt1.logprobs)]
+  stopped = [attempt1.done, jnp.zeros((batch,), bool)]
+
+  if spec.two_turns:
+    width = spec.instruction_width
+    instruction = np.full((width,), spec.pad_id, np.int32)
+    instruction[width - len(spec.instruction_tokens):] = spec.instruction_tokens
+    instruction_valid = np.arange(width) >= width - len(spec.instruction_tokens)
+    instruction = jnp.broadcast_to(jnp.asarray(instruction), (batch, width))
+    instruction_valid = jnp.broadcast_to(jnp.asarray(instruction_valid), (batch, width))
+    instruction_positions = (attempt1.next_position[:, None] +
+                             jnp.cumsum(instruction_valid, axis=1, dtype=jnp.int32) - 1)
+    logits, cache = _prefill(model, params, attempt1.cache, instruction, instruction_positions,
+                             instruction_valid, spec.instruction_start)
+    attempt2 = _decode_attempt(model, params, spec, cache, logits,
+                               attempt1.next_position + len(spec.instruction_tokens),
+                               spec.attempt2_start, spec.attempt2_len, rng_attempt2, sampling)
+    parts += [(instruction, instruction_valid, instruction_positions,
+               jnp.zeros(instruction.shape, jnp.float32)),
+              (attempt2.tokens, attempt2.valid, attempt2.positions, attempt2.logprobs)]
+    stopped[1] = attempt2.done
+
+  tokens, valid, positions, logprobs = (jnp.concatenate(arrays, axis=1) for arrays in zip(*parts))
+  segments = jnp.where(valid, jnp.asarray(spec.segment_of_slot())[None, :], PAD)
+  out = Rollout(tokens=tokens, valid=valid, positions=positions, segments=segments,
+                logprobs=logprobs, stopped=jnp.stack(stopped, axis=1))
+  return jax.tree.map(lambda x: constrain(x, ('batch', 'length'), rules), out)
+
+
+def make_rollout_fn(model: Decoder, spec: RolloutSpec):
+  """``rollout`` jitted for one model and spec: ``fn(params, prompts, valid, rng, sampling)``.
+
+  Shapes are static, so the function compiles once per (model, spec, batch size).
+  """
+  return jax.jit(functools.partial(rollout, model, spec))
+
+
+def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
+                 pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists into ``([B, P] int32 tokens, [B, P] bool valid)``.
+
+  Raises:
+    ValueError: a prompt is empty or longer than the prompt slot (naming the row).
+  """
+  tokens = np.full((len(prompts), prompt_len), pad_id, np.int32)
+  valid = np.zeros((len(prompts), prompt_len), bool)
+  for row, prompt in enumerate(prompts):
+    if not 0 < len(prompt) <= prompt_len:
+      raise ValueError(
+          f'Prompt {row} has {len(prompt)} tokens; the prompt slot holds 1 to {prompt_len}. '
+          f'Raise the prompt slot width (prompt_len) or shorten the prompt.')
+    tokens[row, prompt_len - len(prompt):] = prompt
+    valid[row, prompt_len - len(prompt):] = True
+  return tokens, valid

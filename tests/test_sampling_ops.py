@@ -1,0 +1,88 @@
+"""Token selection: top-k and top-p on hand-made logits, and sampling in distribution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import make_model
+from score_jax.sampling import (RolloutSpec, SamplingParams, filter_logits, make_rollout_fn,
+                                pack_prompts, top_k_filter, top_p_filter)
+
+
+def kept(filtered):
+  return [sorted(np.flatnonzero(np.isfinite(row)).tolist()) for row in np.asarray(filtered)]
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+  logits = jnp.asarray([[0.1, 3.0, -1.0, 2.0, 0.5], [5.0, 4.0, 3.0, 2.0, 1.0]])
+  assert kept(top_k_filter(logits, 2)) == [[1, 3], [0, 1]]
+  assert kept(top_k_filter(logits, 1)) == [[1], [0]]
+  assert kept(top_k_filter(logits, 0)) == [[0, 1, 2, 3, 4]] * 2  # 0 disables.
+  np.testing.assert_array_equal(top_k_filter(logits, 2)[0, 1], 3.0)  # Kept logits unchanged.
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  probs = np.asarray([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25], [0.05, 0.15, 0.3, 0.5]])
+  logits = jnp.log(jnp.asarray(probs))
+  # Mass above each token (sorted): 0, .5, .8, .95 → p=0.8 keeps 0.5 and 0.3 (0.8 is reached).
+  assert kept(top_p_filter(logits, jnp.asarray([0.8, 0.8, 0.8])))[0] == [0, 1]
+  assert kept(top_p_filter(logits, jnp.asarray([0.81, 0.5, 0.81])))[0] == [0, 1, 2]
+  assert kept(top_p_filter(logits, jnp.asarray([0.81, 0.5, 0.81])))[2] == [1, 2, 3]
+  # The most probable token is always kept, even for a tiny p.
+  assert kept(top_p_filter(logits, jnp.asarray([0.01, 0.01, 0.01])))[0] == [0]
+  # Ties with the last kept token are kept: uniform rows keep everything.
+  assert kept(top_p_filter(logits, jnp.asarray([0.5, 0.5, 0.5])))[1] == [0, 1, 2, 3]
+  assert kept(top_p_filter(logits, jnp.asarray([1.0, 1.0, 1.0]))) == [[0, 1, 2, 3]] * 3
+
+
+def test_filter_logits_applies_temperature_then_filters():
+  logits = jnp.asarray([[2.0, 1.0, 0.0, -1.0]])
+  out = filter_logits(logits, SamplingParams.create(temperature=0.5, top_p=1.0), top_k=3)
+  np.testing.assert_allclose(out[0, :3], [4.0, 2.0, 0.0])
+  assert not np.isfinite(out[0, 3])
+
+
+def test_sampling_params_reject_bad_values():
+  with pytest.raises(ValueError, match='temperature must be >= 0'):
+    SamplingParams.create(temperature=-1.0)
+  with pytest.raises(ValueError, match=r'top_p must be in \(0, 1\]; got 1.5'):
+    SamplingParams.create(top_p=1.5)
+
+
+def total_variation(counts, probs):
+  return 0.5 * np.abs(counts / counts.sum() - probs).sum()
+
+
+@pytest.mark.parametrize('temperature, top_p', [(0.7, 1.0), (1.3, 1.0), (1.0, 0.6)])
+def test_first_sampled_token_follows_the_model_distribution(temperature, top_p):
+  """Frequencies of the first sampled token over many draws match the filtered softmax."""
+  model, params, _ = make_model('tiny', scale=0.6)
+  prompt = [3, 17, 42, 99, 7]
+  draws = 16384
+  spec = RolloutSpec(prompt_len=5, attempt1_len=1, stop_tokens=(1,))
+  tokens, valid = pack_prompts([prompt] * draws, 5)
+  out = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(0),
+                                     SamplingParams.create(temperature, top_p))
+  counts = np.bincount(np.asarray(out.tokens[:, 5]), minlength=model.config.vocab_size)
+
+  def distribution(prefix, temp, p):
+    x = jnp.asarray([prefix])
+    v = jnp.ones_like(x, bool)
+    logits = model.apply({'params': params}, x, jnp.cumsum(v, 1) - 1, v)[0][:, -1]
+    return np.asarray(jax.nn.softmax(filter_logits(logits, SamplingParams.create(temp, p)))[0])
+
+  expected = distribution(prompt, temperature, top_p)
+  unfiltered = distribution(prompt, temperature, 1.0)
+  assert unfiltered.max() < 0.7 and (unfiltered > 0.01).sum() >= 5  # A spread-out target.
+  assert (expected > 0.05).sum() >= 2
+  # Sampling noise for 16384 draws is at most ~0.03 in total variation here; a wrong temperature,
+  # a missing top-p, or sampling from the logits one slot off each land far beyond 0.06.
+  assert total_variation(counts, expected) < 0.06
+  wrong = [distribution(prompt, temperature * 1.6, top_p),
+           distribution(prompt, temperature / 1.6, top_p),
+           distribution(prompt[:-1], temperature, top_p)]
+  if top_p < 1:
+    wrong.append(distribution(prompt, temperature, 1.0))
+  for other in wrong:
+    assert total_variation(counts, other) > 0.1
