@@ -1,0 +1,84 @@
+"""SCoRe's stages as rules: which tokens get which advantage and which KL weight.
+
+Kumar et al. (2024), Sections 5.1–5.2. Given the binary rewards of each row's two attempts
+and the segment id of every slot, a stage rule produces three [B, T] arrays:
+
+* ``advantages``: the advantage credited to each sampled token (γ = 0: attempt-1 tokens
+  are credited with attempt 1's reward, attempt-2 tokens with attempt 2's);
+* ``pg_mask``: the tokens that carry a policy-gradient term;
+* ``kl_weights``: the weight β of the per-token KL penalty to the reference model.
+
+Stage I: attempt-2 tokens get A(r2) and β1; attempt-1 tokens get no reward term and the
+strong β2, which keeps the first attempt at the base model's distribution.
+Stage II: attempt-1 tokens get A(r1); attempt-2 tokens get A(r2 + α(r2 − r1)), the shaping
+bonus that rewards flipping a wrong first answer and penalises breaking a right one; β1 on
+both attempts.
+Single-turn RL (a baseline): attempt-1 tokens get A(r1) and β1; attempt 2 is untouched.
+The paper's ablations are settings of these rules: Stage II without Stage I is a schedule
+without ``stage1``; "no reward shaping" is Stage II with α = 0.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from score_jax.rl.advantages import group_advantages
+from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2
+
+Array = jax.Array
+
+STAGES = ('stage1', 'stage2', 'single_turn')
+
+
+@flax.struct.dataclass
+class TokenWeights:
+  advantages: Array  # [B, T] fp32
+  pg_mask: Array  # [B, T] bool
+  kl_weights: Array  # [B, T] fp32
+
+
+def shaped_second_reward(r1: Array, r2: Array, alpha: float) -> Array:
+  """r2 + α(r2 − r1): for binary rewards, wrong→right 1+α, right→wrong −α, else r2."""
+  return r2 + alpha * (r2 - r1)
+
+
+def stage_token_weights(stage: str, r1: Array, r2: Array, segments: Array, *, alpha: float,
+                        beta1: float, beta2: float, num_samples: int, baseline: str = 'rloo',
+                        normalize_std: bool = False) -> TokenWeights:
+  """Turns per-row rewards [B] and segment ids [B, T] into per-token weights.
+
+  Args:
+    stage: 'stage1', 'stage2' or 'single_turn'.
+    r1, r2: [B] rewards of attempt 1 and attempt 2 (r2 is ignored by 'single_turn').
+    segments: [B, T] segment ids of the rollout.
+    alpha: the Stage II shaping coefficient.
+    beta1: the default KL weight; beta2: Stage I's KL weight on attempt 1.
+    num_samples: samples per prompt (rows are grouped by prompt, see ``group_advantages``).
+    baseline: 'rloo', 'mean' or 'none'.
+    normalize_std: divide advantages by their group's reward std.
+  """
+  if stage not in STAGES:
+    raise ValueError(f'Unknown stage {stage!r}; choose from {STAGES}.')
+  advantage = lambda r: group_advantages(r, num_samples, baseline, normalize_std)[:, None]
+  in_attempt1 = segments == ATTEMPT1
+  in_attempt2 = segments == ATTEMPT2
+  zeros = jnp.zeros(segments.shape, jnp.float32)
+
+  if stage == 'stage1':
+    advantages = jnp.where(in_attempt2, advantage(r2), zeros)
+    pg_mask = in_attempt2
+    kl_weights = jnp.where(in_attempt1, beta2, jnp.where(in_attempt2, beta1, 0.0))
+  elif stage == 'stage2':
+    advantages = jnp.where(in_attempt1, advantage(r1),
+                           jnp.where(in_attempt2, advantage(shaped_second_reward(r1, r2, alpha)),
+                                     zeros))
+    pg_mask = in_attempt1 | in_attempt2
+    kl_weights = jnp.where(pg_mask, beta1, 0.0)
+  else:  # single_turn
+    advantages = jnp.where(in_attempt1, advantage(r1), zeros)
+    pg_mask = in_attempt1
+    kl_weights = jnp.where(in_attempt1, beta1, 0.0)
+  return TokenWeights(advantages=advantages.astype(jnp.float32), pg_mask=pg_mask,
+                      kl_weights=kl_weights.astype(jnp.float32))

@@ -1,0 +1,147 @@
+"""RL math against hand-computed values: KL estimators, baselines, losses, stage rules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax.rl import (group_advantages, kl_divergence, masked_mean, ppo_clip_loss,
+                          reinforce_loss, shaped_second_reward, stage_token_weights)
+from score_jax.sampling import ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT
+
+
+def test_kl_estimators_by_hand():
+  logp = jnp.asarray([-1.0, -2.0, -0.5])
+  ref = jnp.asarray([-1.5, -1.0, -0.5])
+  # log r = ref − logp = [-0.5, 1.0, 0]
+  np.testing.assert_allclose(kl_divergence(logp, ref, 'k1'), [0.5, -1.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(kl_divergence(logp, ref, 'k2'), [0.125, 0.5, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(kl_divergence(logp, ref, 'k3'),
+                             [np.exp(-0.5) - 1 + 0.5, np.e - 1 - 1.0, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="Unknown KL estimator 'k4'"):
+    kl_divergence(logp, ref, 'k4')
+
+
+def test_k3_estimates_the_true_kl_on_average():
+  p = jnp.asarray([0.6, 0.3, 0.1])
+  q = jnp.asarray([0.3, 0.4, 0.3])
+  samples = jax.random.choice(jax.random.key(0), 3, (200_000,), p=p)
+  estimate = kl_divergence(jnp.log(p)[samples], jnp.log(q)[samples], 'k3').mean()
+  exact = float(jnp.sum(p * jnp.log(p / q)))
+  assert abs(float(estimate) - exact) < 0.01
+
+
+def test_rloo_and_mean_baselines_by_hand():
+  rewards = jnp.asarray([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # two groups of 4
+  # Group 0: [1,0,0,1]; leave-one-out means [1/3, 2/3, 2/3, 1/3].
+  np.testing.assert_allclose(group_advantages(rewards, 4, 'rloo')[:4],
+                             [2 / 3, -2 / 3, -2 / 3, 2 / 3], rtol=1e-6)
+  # Group 1: [1,1,1,0]; leave-one-out means [2/3, 2/3, 2/3, 1].
+  np.testing.assert_allclose(group_advantages(rewards, 4, 'rloo')[4:],
+                             [1 / 3, 1 / 3, 1 / 3, -1.0], rtol=1e-6)
+  np.testing.assert_allclose(group_advantages(rewards, 4, 'mean'),
+                             [0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75], rtol=1e-6)
+  np.testing.assert_allclose(group_advantages(rewards, 4, 'none'), rewards)
+  # RLOO is the group-mean advantage scaled by k / (k − 1).
+  np.testing.assert_allclose(group_advantages(rewards, 4, 'rloo'),
+                             group_advantages(rewards, 4, 'mean') * 4 / 3, rtol=1e-6)
+  with pytest.raises(ValueError, match='not a whole number of groups of 3'):
+    group_advantages(rewards, 3)
+
+
+def test_masked_mean():
+  x = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  mask = jnp.asarray([[True, False, True], [False, False, True]])
+  assert float(masked_mean(x, mask)) == pytest.approx(10 / 3)
+  assert float(masked_mean(x, mask, jnp.float32(5))) == pytest.approx(2.0)
+  assert float(masked_mean(x, jnp.zeros_like(mask))) == 0.0
+
+
+def test_reinforce_loss_value_and_gradient():
+  logp = jnp.asarray([[-1.0, -2.0, -3.0]])
+  adv = jnp.asarray([[2.0, -1.0, 5.0]])
+  mask = jnp.asarray([[True, True, False]])
+  # −(2·(−1) + (−1)·(−2)) / 2 = 0
+  assert float(reinforce_loss(logp, adv, mask)) == pytest.approx(0.0)
+  grad = jax.grad(lambda lp: reinforce_loss(lp, adv, mask))(logp)
+  np.testing.assert_allclose(grad, [[-1.0, 0.5, 0.0]])  # −A / n on masked tokens.
+
+
+def test_ppo_clip_loss_by_hand():
+  old = jnp.zeros((1, 4))
+  # ratios e^x: [1.5, 0.5, 1.5, 0.5]; advantages [+1, +1, −1, −1]; ε = 0.2
+  logp = jnp.log(jnp.asarray([[1.5, 0.5, 1.5, 0.5]]))
+  adv = jnp.asarray([[1.0, 1.0, -1.0, -1.0]])
+  mask = jnp.ones((1, 4), bool)
+  loss, clip_fraction = ppo_clip_loss(logp, old, adv, mask, 0.2)
+  # min(ρA, clip(ρ)A): [min(1.5, 1.2), min(.5, .8), min(−1.5, −1.2), min(−.5, −.8)]
+  #                  = [1.2, 0.5, −1.5, −0.8] → loss = −(−0.6)/4 = 0.15
+  assert float(loss) == pytest.approx(0.15, rel=1e-5)
+  assert float(clip_fraction) == pytest.approx(0.5)  # Tokens 0 and 3 hit the clip.
+  grad = jax.grad(lambda lp: ppo_clip_loss(lp, old, adv, mask, 0.2)[0])(logp)
+  # Clipped tokens get no gradient; others −ρA/n.
+  np.testing.assert_allclose(grad, [[0.0, -0.5 / 4, 1.5 / 4, 0.0]], rtol=1e-5)
+
+
+def test_ppo_at_ratio_one_has_the_reinforce_gradient():
+  logp = jnp.asarray([[-1.0, -0.3, -2.0]])
+  adv = jnp.asarray([[0.7, -1.2, 0.4]])
+  mask = jnp.asarray([[True, True, True]])
+  g_ppo = jax.grad(lambda lp: ppo_clip_loss(lp, jax.lax.stop_gradient(lp), adv, mask, 0.2)[0])(
+      logp)
+  g_reinforce = jax.grad(lambda lp: reinforce_loss(lp, adv, mask))(logp)
+  np.testing.assert_allclose(g_ppo, g_reinforce, rtol=1e-6)
+
+
+@pytest.mark.parametrize('r1, r2, expected', [(0, 1, 11.0), (1, 0, -10.0), (1, 1, 1.0),
+                                              (0, 0, 0.0)])
+def test_shaping_bonus_four_cases_alpha_10(r1, r2, expected):
+  assert float(shaped_second_reward(jnp.float32(r1), jnp.float32(r2), 10.0)) == expected
+
+
+# One row per reward case, two samples per prompt (pairs of rows), with this layout:
+SEGMENT_ROW = [PAD, PROMPT, PROMPT, ATTEMPT1, ATTEMPT1, PAD, INSTRUCTION, ATTEMPT2, ATTEMPT2, PAD]
+R1 = jnp.asarray([0.0, 1.0, 1.0, 0.0])
+R2 = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+
+
+def rule(stage, **overrides):
+  settings = dict(alpha=10.0, beta1=0.01, beta2=0.1, num_samples=2, baseline='rloo')
+  settings.update(overrides)
+  segments = jnp.asarray([SEGMENT_ROW] * 4)
+  return stage_token_weights(stage, R1, R2, segments, **settings)
+
+
+def test_stage1_rule_by_hand():
+  w = rule('stage1')
+  a1, a2 = slice(3, 5), slice(7, 9)
+  # Only attempt 2 is rewarded: RLOO over pairs of r2 = [1, 0 | 1, 0] → [1, −1 | 1, −1].
+  np.testing.assert_allclose(w.advantages[:, a2], [[1, 1], [-1, -1], [1, 1], [-1, -1]])
+  assert float(jnp.abs(w.advantages[:, a1]).sum()) == 0
+  np.testing.assert_array_equal(w.pg_mask[0], np.isin(SEGMENT_ROW, [ATTEMPT2]))
+  np.testing.assert_allclose(w.kl_weights[0], [0, 0, 0, .1, .1, 0, 0, .01, .01, 0], rtol=1e-6)
+
+
+def test_stage2_rule_by_hand_with_the_four_reward_cases():
+  w = rule('stage2')
+  # Shaped r2 for (r1, r2) = (0,1), (1,0), (1,1), (0,0) with α = 10: [11, −10, 1, 0].
+  # RLOO over the pairs: [11 − (−10), −10 − 11 | 1 − 0, 0 − 1] = [21, −21, 1, −1].
+  np.testing.assert_allclose(w.advantages[:, 7], [21.0, -21.0, 1.0, -1.0])
+  # Attempt 1 uses r1 = [0, 1 | 1, 0] → [−1, 1 | 1, −1].
+  np.testing.assert_allclose(w.advantages[:, 3], [-1.0, 1.0, 1.0, -1.0])
+  np.testing.assert_array_equal(w.pg_mask[0], np.isin(SEGMENT_ROW, [ATTEMPT1, ATTEMPT2]))
+  np.testing.assert_allclose(w.kl_weights[0], [0, 0, 0, .01, .01, 0, 0, .01, .01, 0], rtol=1e-6)
+  # Nothing outside the attempts.
+  outside = ~np.isin(SEGMENT_ROW, [ATTEMPT1, ATTEMPT2])
+  assert float(jnp.abs(w.advantages[:, outside]).sum()) == 0
+
+
+def test_stage2_without_shaping_and_single_turn():
+  w = rule('stage2', alpha=0.0)
+  np.testing.assert_allclose(w.advantages[:, 7], [1.0, -1.0, 1.0, -1.0])
+  single = rule('single_turn')
+  np.testing.assert_allclose(single.advantages[:, 3], [-1.0, 1.0, 1.0, -1.0])
+  assert not bool(single.pg_mask[:, 7:9].any())
+  assert float(single.kl_weights[:, 7:9].sum()) == 0
+  with pytest.raises(ValueError, match="Unknown stage 'stage3'"):
+    rule('stage3')
