@@ -194,3 +194,28 @@ def test_sharded_greedy_rollout_equals_single_device():
   np.testing.assert_array_equal(got.tokens, expected.tokens)
   np.testing.assert_array_equal(got.valid, expected.valid)
   np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-4)
+
+
+def test_packed_trajectories_match_the_sampled_layout():
+  """Teacher-forced packing of a rollout's own attempts reproduces the rollout's arrays."""
+  from score_jax.sampling import pack_trajectories  # pylint: disable=g-import-not-at-top
+  from score_jax.sampling.templates import attempt_token_lists  # pylint: disable=g-import-not-at-top
+  model, params, spec = model_and_spec('tiny')
+  tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
+  out = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(5),
+                                     SamplingParams.create(1.0))
+  attempts = [(attempt_tokens(out, r, ATTEMPT1), attempt_tokens(out, r, ATTEMPT2))
+              for r in range(len(PROMPTS))]
+  packed = pack_trajectories(spec, PROMPTS, [a for a, _ in attempts], [b for _, b in attempts])
+  for field in ('tokens', 'valid', 'segments', 'stopped'):
+    np.testing.assert_array_equal(getattr(packed, field), getattr(out, field), err_msg=field)
+  # Positions matter only where a token is valid (invalid slots are never attended to).
+  ok = np.asarray(out.valid)
+  np.testing.assert_array_equal(packed.positions[ok], np.asarray(out.positions)[ok])
+  with pytest.raises(ValueError, match='Row 0: the second attempt has 9 tokens but its slot '
+                     'holds 8'):
+    pack_trajectories(spec, PROMPTS[:1], [[1]], [[2] * 9])
+  stripped = attempt_token_lists(out, spec.stop_tokens)
+  assert [list(a) for a in stripped[0]] == [
+      [t for t in attempts[0][0] if t not in spec.stop_tokens],
+      [t for t in attempts[0][1] if t not in spec.stop_tokens]]

@@ -283,3 +283,50 @@ def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
     tokens[row, prompt_len - len(prompt):] = prompt
     valid[row, prompt_len - len(prompt):] = True
   return tokens, valid
+
+
+def pack_trajectories(spec: RolloutSpec, prompts: Sequence[Sequence[int]],
+                      attempts1: Sequence[Sequence[int]],
+                      attempts2: Sequence[Sequence[int]] | None = None) -> Rollout:
+  """Places given token lists in the rollout's slot layout (for teacher forcing).
+
+  The teacher-forced twin of ``rollout``: SFT warm-starting, STaR and Pair-SFT train on
+  trajectories laid out exactly as sampled ones. Attempts should end with a stop token if
+  the model is to learn to stop. ``logprobs`` are zeros and ``stopped`` says whether each
+  attempt ends with one of the spec's stop tokens.
+
+  Raises:
+    ValueError: a prompt or attempt does not fit its slot (naming the row).
+  """
+  batch = len(prompts)
+  if len(attempts1) != batch or (attempts2 is not None and len(attempts2) != batch):
+    raise ValueError('prompts, attempts1 and attempts2 must have one entry per row.')
+  if spec.two_turns != (attempts2 is not None):
+    raise ValueError('Give attempts2 exactly when the spec has a second turn.')
+  tokens = np.full((batch, spec.total_len), spec.pad_id, np.int32)
+  valid = np.zeros((batch, spec.total_len), bool)
+  prompt_tokens, prompt_valid = pack_prompts(prompts, spec.prompt_len, spec.pad_id)
+  tokens[:, :spec.prompt_len], valid[:, :spec.prompt_len] = prompt_tokens, prompt_valid
+
+  def place(row: int, ids: Sequence[int], start: int, width: int, name: str, right: bool):
+    if len(ids) > width:
+      raise ValueError(f'Row {row}: the {name} has {len(ids)} tokens but its slot holds '
+                       f'{width}; raise the slot width or shorten the text.')
+    begin = start + width - len(ids) if right else start
+    tokens[row, begin:begin + len(ids)] = ids
+    valid[row, begin:begin + len(ids)] = True
+
+  stopped = np.zeros((batch, 2), bool)
+  for row in range(batch):
+    place(row, attempts1[row], spec.attempt1_start, spec.attempt1_len, 'first attempt', False)
+    stopped[row, 0] = bool(attempts1[row]) and attempts1[row][-1] in spec.stop_tokens
+    if spec.two_turns:
+      place(row, spec.instruction_tokens, spec.instruction_start, spec.instruction_width,
+            'instruction', True)
+      place(row, attempts2[row], spec.attempt2_start, spec.attempt2_len, 'second attempt',
+            False)
+      stopped[row, 1] = bool(attempts2[row]) and attempts2[row][-1] in spec.stop_tokens
+  positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+  segments = np.where(valid, spec.segment_of_slot()[None, :], PAD).astype(np.int32)
+  return Rollout(tokens=tokens, valid=valid, positions=positions, segments=segments,
+                 logprobs=np.zeros(tokens.shape, np.float32), stopped=stopped)
