@@ -100,7 +100,9 @@ class SentencePieceTokenizer:
     return list(self._sp.encode(text))
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    """Text of the ids; ids outside the vocabulary (a padded model's extra rows) are skipped."""
+    size = self._sp.vocab_size()
+    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < size])
 
   def token_id(self, piece: str) -> int | None:
     i = self._sp.piece_to_id(piece)

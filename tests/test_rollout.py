@@ -219,3 +219,14 @@ def test_packed_trajectories_match_the_sampled_layout():
   assert [list(a) for a in stripped[0]] == [
       [t for t in attempts[0][0] if t not in spec.stop_tokens],
       [t for t in attempts[0][1] if t not in spec.stop_tokens]]
+
+
+def test_ids_beyond_the_tokenizer_vocabulary_are_never_sampled():
+  model, params, spec = model_and_spec('tiny')
+  limited = RolloutSpec(prompt_len=spec.prompt_len, attempt1_len=6, stop_tokens=(1,),
+                        vocab_size=20)
+  tokens, valid = pack_prompts(PROMPTS * 16, spec.prompt_len)
+  for sampling in (SamplingParams.greedy(), SamplingParams.create(1.5)):
+    out = make_rollout_fn(model, limited)(params, tokens, valid, jax.random.key(6), sampling)
+    sampled = np.asarray(out.tokens)[np.asarray(out.segments) == ATTEMPT1]
+    assert sampled.max() < 20

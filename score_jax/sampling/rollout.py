@@ -59,6 +59,9 @@ class RolloutSpec:
   instruction_len: int = 0  # Slot width; 0 means exactly len(instruction_tokens).
   pad_id: int = 0
   top_k: int = 0  # Static: 0 keeps every token.
+  # Only ids below this are ever sampled (a model's vocabulary is often padded beyond its
+  # tokenizer's); 0 allows the model's whole vocabulary.
+  vocab_size: int = 0
 
   def __post_init__(self):
     if self.prompt_len <= 0 or self.attempt1_len <= 0:
@@ -75,6 +78,8 @@ class RolloutSpec:
                        f'(instruction_len) is {self.instruction_len}.')
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0; got {self.top_k}.')
+    if self.vocab_size < 0:
+      raise ValueError(f'vocab_size must be >= 0; got {self.vocab_size}.')
 
   @property
   def two_turns(self) -> bool:
@@ -167,7 +172,11 @@ def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, l
 
   def decode_one(state: _DecodeState) -> _DecodeState:
     active = ~state.done
-    token = select_tokens(state.logits, jax.random.fold_in(rng, state.step), sampling, spec.top_k)
+    choosable = state.logits
+    if spec.vocab_size:
+      in_vocab = jnp.arange(choosable.shape[-1]) < spec.vocab_size
+      choosable = jnp.where(in_vocab, choosable, -jnp.inf)
+    token = select_tokens(choosable, jax.random.fold_in(rng, state.step), sampling, spec.top_k)
     token = jnp.where(active, token, spec.pad_id)
     logp_all = jax.nn.log_softmax(state.logits, axis=-1)
     logp = jnp.where(active, jnp.take_along_axis(logp_all, token[:, None], axis=-1)[:, 0], 0.0)
