@@ -1,0 +1,125 @@
+"""Files of the toy arithmetic task: its TFDS dataset and its cached sentencepiece tokenizer.
+
+The dataset is written once per (difficulty, seed, sizes) under
+``<data_dir>/score_toy_arith/<config>/<version>/`` in ``array_record`` format and read back with
+``builder.as_data_source()`` (random access; TensorFlow is not needed, DESIGN.md decision 8).
+Records keep the generator's order (``disable_shuffling``), so record i of a split is the i-th
+generated problem. The tokenizer is ``tokenizer_v<vocab>.model`` in the same directory,
+written atomically, loaded when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import tensorflow_datasets as tfds
+
+from score_jax.tasks import base
+from score_jax.tokenizer import SentencePieceTokenizer
+
+
+@dataclasses.dataclass(eq=False)
+class ToyArithConfig(tfds.core.BuilderConfig):
+  digits: int = 2
+  num_operands: int = 3
+  operators: str = '+-'
+  mul_digits: int = 1
+  allow_negative: bool = False
+  seed: int = 0
+  train_size: int = 20_000
+  test_size: int = 1_000
+
+
+class ScoreToyArith(tfds.core.GeneratorBasedBuilder):
+  """Toy arithmetic problems with their gold answers and worked solutions."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = []
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='Generated arithmetic problems with a worked line and a final answer.',
+        features=tfds.features.FeaturesDict({
+            'id': tfds.features.Text(), 'problem': tfds.features.Text(),
+            'answer': tfds.features.Text(), 'solution': tfds.features.Text()}),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download: the problems are generated.
+    return {split: self._generate_examples(split) for split in ('train', 'test')}
+
+  def _generate_examples(self, split):
+    from score_jax.tasks.toy_arith import ToyArithTask  # pylint: disable=g-import-not-at-top
+    c = self.builder_config
+    task = ToyArithTask(c.digits, c.num_operands, c.operators, c.mul_digits, c.allow_negative,
+                        c.seed, c.train_size, c.test_size)
+    for index, example in enumerate(task.generate(split)):
+      yield index, {'id': example.id, 'problem': example.problem, 'answer': example.answer,
+                    'solution': example.solution}
+
+
+class _QuietCustomConfig(logging.Filter):
+  """Drops TFDS's warning that our (always custom) config is not in BUILDER_CONFIGS."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'Using custom data configuration: ToyArithConfig' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_QuietCustomConfig())
+
+
+def builder(task, data_dir: str) -> ScoreToyArith:
+  s = task.settings
+  config = ToyArithConfig(
+      name=f'{s.slug}_s{task.seed}_tr{task.train_size}_te{task.test_size}',
+      description=f'{s}, seed {task.seed}', digits=s.digits, num_operands=s.num_operands,
+      operators=s.operators, mul_digits=s.mul_digits, allow_negative=s.allow_negative,
+      seed=task.seed, train_size=task.train_size, test_size=task.test_size)
+  return ScoreToyArith(config=config, data_dir=os.path.expanduser(data_dir),
+                       file_format='array_record')
+
+
+def prepare(task, data_dir: str):
+  """Writes the dataset if it is not there yet; returns ``{split: random-access source}``."""
+  b = builder(task, data_dir)
+  if not os.path.exists(os.path.join(b.data_dir, 'dataset_info.json')):
+    tfds.display_progress_bar(False)
+    b.download_and_prepare()
+  return b.as_data_source()
+
+
+def record_to_example(record):
+  from score_jax.tasks.toy_arith import ArithExample  # pylint: disable=g-import-not-at-top
+  return ArithExample(id=base.text(record['id']), problem=base.text(record['problem']),
+                      answer=base.text(record['answer']),
+                      solution=base.text(record['solution']))
+
+
+def load_or_train_tokenizer(task, data_dir: str) -> SentencePieceTokenizer:
+  """Loads ``tokenizer_v<vocab>.model`` beside the dataset, training and saving it if absent.
+
+  Trained on the train split's prompts, solutions and slipped solutions plus the instruction
+  presets, with digits split into single pieces (so numbers of any size tokenize the same
+  way). Saved atomically, so concurrent runs never read a partial file.
+  """
+  sources = prepare(task, data_dir)
+  path = os.path.join(builder(task, data_dir).data_dir, f'tokenizer_v{task.vocab_size}.model')
+  if os.path.exists(path):
+    return SentencePieceTokenizer.load(path)
+  train = sources['train']
+  count = min(len(train), 20_000)
+  records = train.__getitems__(list(range(count)))
+  examples = [record_to_example(r) for r in records]
+  tokenizer = SentencePieceTokenizer.train(task.tokenizer_texts(examples),
+                                           vocab_size=task.vocab_size, split_digits=True)
+  tokenizer.save(path)
+  return tokenizer
+
+
+def split_lengths(task, data_dir: str) -> dict[str, int]:
+  return {split: len(source) for split, source in prepare(task, data_dir).items()}
+
