@@ -157,7 +157,8 @@ class Sandbox:
     payload = json.dumps(dict(
         nonce=nonce, report_fd=report_file.fileno(), program=job.program, setup=job.setup,
         tests=list(job.tests), expose=list(job.expose), modules=list(job.modules),
-        uid=uid, workdir=workdir, wall_timeout_s=cfg.wall_timeout_s, isolate_network=cfg.isolate_network,
+        uid=uid, workdir=workdir, wall_timeout_s=cfg.wall_timeout_s,
+        isolate_network=cfg.isolate_network,
         hide_paths=list(cfg.hide_paths), tmpfs_bytes=cfg.tmpfs_bytes,
         cpu_time_s=cfg.cpu_time_s or int(cfg.wall_timeout_s) + 1,
         memory_bytes=cfg.memory_bytes, max_processes=cfg.max_processes,
@@ -262,7 +263,8 @@ def _uid_range() -> tuple[int, int]:
     try:
       with open('/proc/self/uid_map') as f:
         spans = [tuple(int(v) for v in line.split()) for line in f if line.strip()]
-      spans = [(max(inside, 100_000), min(inside + count, 2**31 - 1)) for inside, _, count in spans]
+      spans = [(max(inside, 100_000), min(inside + count, 2**31 - 1))
+               for inside, _, count in spans]
       spans = [s for s in spans if s[1] - s[0] >= 1000]
       if spans:
         best = max(spans, key=lambda s: s[1] - s[0])

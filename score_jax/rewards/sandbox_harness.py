@@ -351,8 +351,8 @@ def _run_program(job, facts, report, exit_now):
   except base_exception as exc:
     report('setup error ' + kind_of(exc))
     exit_now(0)
-  for name in expose:
-    if name in namespace:
+  for name in expose:  # never a builtin's name: the tests' builtins stay the snapshot's
+    if name in namespace and name not in test_builtins:
       test_namespace[name] = namespace[name]
   passed = 0
   index = 0

@@ -69,7 +69,8 @@ def extract_program(completion: str) -> str:
   return code.strip('\n')
 
 
-def test_names(setup: str, tests: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def names_used_by_tests(setup: str, tests: Sequence[str]
+                        ) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(names the tests take from the program, standard modules they use), found with ``ast``.
 
   A name the tests read that is not a builtin, not a standard module and not defined by the
@@ -119,7 +120,7 @@ def load_humaneval(path: str = '') -> list[CodeExample]:
         id=task_id, problem=p['prompt'], answer=p['prompt'] + p['canonical_solution'],
         source='humaneval', tests=(f'check({p["entry_point"]})',), setup=setup,
         entry_point=p['entry_point'], expose=(p['entry_point'],),
-        modules=test_names(setup, ())[1]))
+        modules=names_used_by_tests(setup, ())[1]))
   return examples
 
 
@@ -163,7 +164,7 @@ def load_mbpp(path: str) -> list[CodeExample]:
         raise ValueError(f'{where} (task_id {record["task_id"]}): field \'test_setup_code\' '
                          f'must be a string; got {type(setup).__name__}.')
       try:
-        expose, modules = test_names(setup, tests)
+        expose, modules = names_used_by_tests(setup, tests)
       except ValueError as e:
         raise ValueError(f'{where} (task_id {record["task_id"]}): {e}') from None
       examples.append(CodeExample(

@@ -83,13 +83,20 @@ def builder(task, data_dir: str) -> ScoreToyArith:
                        file_format='array_record')
 
 
+_SOURCES: dict[str, dict] = {}
+
+
 def prepare(task, data_dir: str):
   """Writes the dataset if it is not there yet; returns ``{split: random-access source}``."""
   b = builder(task, data_dir)
-  if not os.path.exists(os.path.join(b.data_dir, 'dataset_info.json')):
+  info = os.path.join(b.data_dir, 'dataset_info.json')
+  if b.data_dir in _SOURCES and os.path.exists(info):
+    return _SOURCES[b.data_dir]
+  if not os.path.exists(info):
     tfds.display_progress_bar(False)
     b.download_and_prepare()
-  return b.as_data_source()
+  _SOURCES[b.data_dir] = b.as_data_source()
+  return _SOURCES[b.data_dir]
 
 
 def record_to_example(record):

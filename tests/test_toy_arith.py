@@ -1,0 +1,154 @@
+"""The toy arithmetic task: generator, slips, traces, TFDS round trip, tokenizer, registry."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from score_jax import tasks
+from score_jax.tasks import toy_arith
+
+TRAIN, TEST = 300, 500
+
+
+@pytest.fixture(scope='module')
+def task():
+  return tasks.get_task('toy_arith', train_size=TRAIN, test_size=TEST, path='',
+                        heldout_ids='')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('toy_data'))
+
+
+def test_worked_line_format_and_precedence():
+  assert toy_arith.format_solution(toy_arith.solve([47, 38, 12], ['+', '-'])) == (
+      '47+38=85, 85-12=73. A: 73')
+  steps = toy_arith.solve([12, 3, 4, 5], ['+', '*', '-'])
+  assert toy_arith.format_solution(steps) == '3*4=12, 12+12=24, 24-5=19. A: 19'
+  # A slip in step 0 is carried through the later steps.
+  slipped = toy_arith.solve([47, 38, 12], ['+', '-'], override=(0, 75))
+  assert toy_arith.format_solution(slipped) == '47+38=75, 75-12=63. A: 63'
+
+
+def test_extract_answer_and_score(task):
+  assert toy_arith.extract_answer('47+38=85, 85-12=73. A: 73') == '73'
+  assert toy_arith.extract_answer('A: 5 then A: 007') == '7'  # the last one, as an integer
+  assert toy_arith.extract_answer('no answer') is None
+  example = toy_arith.make_example([47, 38, 12], ['+', '-'])
+  scores = task.score_batch([example] * 3, ['... A: 73', '... A: 63', ''])
+  np.testing.assert_array_equal(scores, [1, 0, 0])
+  assert task.score(example, 'A: 73') == 1.0
+
+
+def test_slips_are_wrong_and_plausible():
+  rng = random.Random(0)
+  settings = toy_arith.ArithSettings(operators='+-*', num_operands=4)
+  for _ in range(300):
+    operands, ops = toy_arith.make_problem(rng, settings)
+    right = toy_arith.solve(operands, ops)
+    assert all(s.result >= 0 for s in right)
+    slip = toy_arith.slipped_steps(operands, ops, rng, settings)
+    assert slip[-1].result != right[-1].result and all(s.result >= 0 for s in slip)
+    wrong_steps = [i for i, (a, b) in enumerate(zip(right, slip)) if a != b]
+    # Exactly one step computes wrongly; the ones after it only inherit its value.
+    first = wrong_steps[0]
+    assert slip[first].result != toy_arith._apply(slip[first].op, slip[first].left,
+                                                   slip[first].right)
+    for step in slip[first + 1:]:
+      assert step.result == toy_arith._apply(step.op, step.left, step.right)
+
+
+def test_traces_follow_the_rates_and_avoid_the_test_split(task):
+  traces = task.make_traces(4000, seed=3)
+  assert traces == task.make_traces(4000, seed=3)
+  assert traces[:50] != task.make_traces(50, seed=4)
+  test_problems = {e.problem for e in task.generate('test')}
+  assert not test_problems & {t.problem for t in traces}
+  examples = [t.example for t in traces]
+  r1 = task.score_batch(examples, [t.attempt1 for t in traces])
+  r2 = task.score_batch(examples, [t.attempt2 for t in traces])
+  rates = toy_arith.TraceRates()
+  assert r1.mean() == pytest.approx(rates.first_correct, abs=0.03)
+  copies = np.array([t.attempt1 == t.attempt2 for t in traces])
+  assert copies[r1 == 1].mean() == pytest.approx(rates.keep_correct, abs=0.03)
+  assert r2[r1 == 0].mean() == pytest.approx(rates.fix_wrong, abs=0.03)
+  assert copies[r1 == 0].mean() == pytest.approx(rates.copy_wrong, abs=0.03)
+  # Custom rates: attempt 1 always right and always kept.
+  kept = task.make_traces(50, seed=0, first_correct=1.0, keep_correct=1.0)
+  assert all(t.attempt1 == t.attempt2 == t.example.solution for t in kept)
+  with pytest.raises(ValueError, match='fix_wrong'):
+    task.make_traces(1, fix_wrong=0.8, copy_wrong=0.5)
+
+
+def test_splits_are_deterministic_distinct_and_seeded(task):
+  train, test = task.generate('train'), task.generate('test')
+  assert len(train) == TRAIN and len(test) == TEST
+  assert train == task.generate('train')
+  assert not {e.problem for e in train} & {e.problem for e in test}
+  assert len({e.problem for e in train}) == TRAIN
+  other = tasks.get_task('toy_arith', train_size=TRAIN, test_size=TEST, seed=1)
+  assert other.generate('test') != test
+
+
+def test_dataset_round_trips_through_tfds(task, data_dir):
+  for split, expected in (('train', task.generate('train')), ('test', task.generate('test'))):
+    loaded = task.load_split(split, data_dir)
+    assert len(loaded) == len(expected)
+    for i in (0, 1, len(expected) // 2, len(expected) - 1):
+      assert loaded[i] == expected[i]
+    assert loaded[-1] == expected[-1]
+  files = os.listdir(task.dataset_dir(data_dir))
+  assert any('array_record' in name for name in files), files
+  # A second task object reads the same files (no rebuild): same records.
+  again = tasks.get_task('toy_arith', train_size=TRAIN, test_size=TEST)
+  assert again.load_split('test', data_dir)[7] == task.generate('test')[7]
+
+
+def test_tokenizer_round_trips_every_text_and_is_cached(task, data_dir):
+  tokenizer = task.tokenizer(data_dir)
+  path = os.path.join(task.dataset_dir(data_dir), f'tokenizer_v{task.vocab_size}.model')
+  assert os.path.exists(path)
+  mtime = os.stat(path).st_mtime_ns
+  cached = task.tokenizer(data_dir)
+  assert os.stat(path).st_mtime_ns == mtime
+  assert cached.encode('12+34=?') == tokenizer.encode('12+34=?')
+  texts = []
+  for split in task.splits:
+    for example in task.load_split(split, data_dir):
+      texts += [example.problem, task.first_turn_prompt(example), example.solution]
+  for trace in task.make_traces(500, seed=0):
+    texts += [trace.attempt1, trace.attempt2]
+  texts += list(tasks.INSTRUCTIONS.values())
+  for text in texts:
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+  # Digits are single pieces, so every number is spelled digit by digit.
+  assert [tokenizer.decode([i]) for i in tokenizer.encode('1234')] == ['1', '2', '3', '4']
+
+
+def test_lengths_fit_the_trainer_slots(task, data_dir):
+  tokenizer = task.tokenizer(data_dir)
+  assert len(tokenizer.encode(task.instruction)) <= 8
+  for trace in task.make_traces(300, seed=0):
+    prompt = len(tokenizer.encode(task.first_turn_prompt(trace.example)))
+    attempts = [len(tokenizer.encode(a)) for a in (trace.attempt1, trace.attempt2)]
+    assert prompt <= 24 and max(attempts) <= 40 and prompt + max(attempts) < 48
+
+
+def test_registry_and_options():
+  assert {'toy_arith', 'math', 'humaneval', 'mbpp', 'mbpp_humaneval'} <= set(tasks.list_tasks())
+  with pytest.raises(ValueError, match='Unknown task'):
+    tasks.get_task('nope')
+  with pytest.raises(ValueError, match="does not take the option"):
+    tasks.get_task('toy_arith', path='/some/file')
+  with pytest.raises(ValueError, match='digits'):
+    tasks.get_task('toy_arith', digits=0)
+  task = tasks.get_task('toy_arith')
+  assert task.instruction == tasks.INSTRUCTIONS['toy']
+  assert task.instruction_text('paper_math').startswith('There might be an error')
+  with pytest.raises(ValueError, match='Unknown instruction preset'):
+    task.instruction_text('nope')
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    task.load_split('validation', '/tmp')
