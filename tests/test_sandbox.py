@@ -63,6 +63,9 @@ def _hostile(sentinel: str, port: int) -> dict:
       'find_the_nonce': _job('import sys\nframe = sys._getframe()\nwhile frame.f_back:\n'
                              '  frame = frame.f_back\nprint(frame.f_locals)\n'
                              'def f():\n  return 1'),
+      # A signal handler receives the interrupted frame: the program runs where none can be set.
+      'signal_frames': _job('import signal\nsignal.signal(signal.SIGALRM, lambda s, f: None)\n'
+                            'def f():\n  return 1'),
       'heap_walk': _job('import gc\nobjs = gc.get_objects()\ndef f():\n  return 1'),
       'read_own_memory': _job('open("/proc/self/mem", "rb")\ndef f():\n  return 1'),
       'ctypes': _job('import ctypes\nctypes.string_at(id(1), 8)\ndef f():\n  return 1'),
@@ -118,7 +121,7 @@ EXPECTED = {
     'patch_builtins': {Status.FAILED}, 'shadow_builtin': {Status.FAILED},
     'patch_module': {Status.FAILED}, 'redefine_checker': {Status.FAILED},
     'find_the_nonce': {Status.FORBIDDEN}, 'heap_walk': {Status.FORBIDDEN},
-    'read_own_memory': {Status.FORBIDDEN}, 'ctypes': {Status.FORBIDDEN},
+    'read_own_memory': {Status.FORBIDDEN}, 'signal_frames': {Status.ERROR}, 'ctypes': {Status.FORBIDDEN},
     'subprocess': {Status.FORBIDDEN}, 'syntax_error': {Status.SYNTAX_ERROR},
     'wrong_answer': {Status.FAILED},
 }

@@ -210,7 +210,13 @@ def _make_audit_hook(block_sockets, block_kill, violations):
       'sys._getframe', 'sys._current_frames', 'sys._current_exceptions', 'sys.settrace',
       'sys.setprofile', 'gc.get_objects', 'gc.get_referrers', 'gc.get_referents',
       'os.exec', 'os.posix_spawn', 'os.spawn', 'os.system', 'subprocess.Popen', 'pty.spawn',
-      'os.chdir', 'os.chroot', 'os.symlink', 'os.link', 'sys._getframemodulename'))
+      'os.chdir', 'os.chroot', 'os.symlink', 'os.link', 'sys._getframemodulename',
+      'sys.settrace_all_threads', 'sys.setprofile_all_threads'))
+  # CPython's test modules read and write raw memory; ctypes is loaded already (by the
+  # harness), so an import event for it means a fresh copy is being loaded: refused.
+  modules = frozenset(('_testcapi', '_testinternalcapi', '_testbuffer', '_testmultiphase',
+                       '_testclinic', '_ctypes_test', '_xxtestfuzz', '_xxsubinterpreters',
+                       'ctypes', '_ctypes'))
   frame_attrs = frozenset(('tb_frame', 'gi_frame', 'cr_frame', 'ag_frame', 'f_back'))
   kills = frozenset(('os.kill', 'os.killpg', 'signal.pthread_kill', 'signal.pidfd_send_signal'))
   path_events = frozenset(('open', 'os.listdir', 'os.scandir'))
@@ -225,6 +231,9 @@ def _make_audit_hook(block_sockets, block_kill, violations):
     elif event == 'object.__getattr__':
       name = args[1] if args[1:] else None
       refuse = type_of(name) is str_type and name in frame_attrs
+    elif event == 'import':
+      name = args[0] if args else None
+      refuse = type_of(name) is str_type and name in modules
     elif event in path_events:
       path = args[0] if args else None
       kind = type_of(path)
@@ -247,7 +256,18 @@ def _make_audit_hook(block_sockets, block_kill, violations):
   return hook
 
 
+def _reporter(report_fd, nonce):
+  """The report function: one nonce-prefixed line per call (its closure holds the secret)."""
+  write = os.write
+
+  def report(line):
+    write(report_fd, nonce + b' ' + line.encode('utf-8', 'replace') + b'\n')
+
+  return report
+
+
 def _main():
+  """Supervisor: reads the job, enters the namespaces, forks the program's process, waits."""
   import ctypes
   import time
   started = time.monotonic()
@@ -255,35 +275,61 @@ def _main():
   devnull = os.open(os.devnull, os.O_RDONLY)
   os.dup2(devnull, 0)
   os.close(devnull)
-  nonce = job.pop('nonce').encode('ascii')
-  report_fd = job.pop('report_fd')
-  write, exit_now = os.write, os._exit
-
-  def report(line):
-    write(report_fd, nonce + b' ' + line.encode('utf-8', 'replace') + b'\n')
-
+  report = _reporter(job.pop('report_fd'), job.pop('nonce').encode('ascii'))
   libc = ctypes.CDLL(None, use_errno=True)
   facts = {}
   workdir = _enter_namespaces(job, facts, libc)
   pr_set_child_subreaper = 36
   libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+  deadline = started + job['wall_timeout_s']
+  uid = job['uid'] if os.geteuid() == 0 else None
+  handover = [job, report]  # the program's process takes these out; no frame keeps them
+  del job, report
   child = os.fork()
   if child == 0:
-    try:
-      _limit_and_drop(job, facts, libc, workdir)
-      _run_program(job, facts, report, exit_now)
-    except BaseException:
-      import traceback
-      traceback.print_exc()
-    finally:
-      exit_now(70)  # only reached if the trusted set-up itself failed (traceback on stderr)
-  _supervise(child, started + job['wall_timeout_s'], job['uid'] if os.geteuid() == 0 else None,
-             report)
-  exit_now(0)
+    _program_process(handover, facts, libc, workdir)
+  _supervise(child, deadline, uid, handover[1])
+  os._exit(0)
 
 
-def _run_program(job, facts, report, exit_now):
-  """Runs the program and the tests; never returns."""
+def _program_process(handover, facts, libc, workdir):
+  """Limits this process, then runs the program in a second thread; never returns.
+
+  Untrusted code never runs in the main thread: Python only lets the main thread install
+  signal handlers, and a handler receives the interrupted frame — a way to the harness's
+  locals that no audit event covers. The main thread holds no secret while it waits.
+  """
+  exit_now = os._exit
+  try:
+    _limit_and_drop(handover[0], facts, libc, workdir)
+    finished = _start_program_thread(handover, facts, exit_now)
+  except BaseException:  # the trusted set-up failed: say why on stderr
+    import traceback
+    traceback.print_exc()
+    exit_now(70)
+  finished.acquire()  # released only if the program's thread ends without exiting
+  exit_now(70)
+
+
+def _start_program_thread(handover, facts, exit_now):
+  import _thread
+  finished = _thread.allocate_lock()
+  finished.acquire()
+  # A bare _thread (not threading.Thread, whose object would expose its target's arguments).
+  _thread.start_new_thread(_run_program, (handover.pop(0), facts, handover.pop(0), exit_now,
+                                          finished))
+  return finished
+
+
+def _run_program(job, facts, report, exit_now, finished):
+  """Runs the program and the tests, in the program's thread; ends the process."""
+  try:
+    _run_tests(job, facts, report, exit_now)
+  finally:
+    finished.release()
+
+
+def _run_tests(job, facts, report, exit_now):
   # Snapshots the tests run against, taken before any untrusted code.
   import importlib
   import types
