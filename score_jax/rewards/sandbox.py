@@ -312,7 +312,7 @@ def _classify(report: bytes, nonce: str, n_tests: int, harness_returncode: int,
       elif failure is None:
         failure = words
     elif words[0] == 'done' and len(words) == 3 and done is None:
-      done = (int(words[1]), int(words[2]))
+      done = (words[1], words[2])
     elif words[0] == 'exit' and exit_words is None:
       exit_words = words[1:]
 
@@ -327,7 +327,7 @@ def _classify(report: bytes, nonce: str, n_tests: int, harness_returncode: int,
       return result(Status.TIMEOUT, f'no report within {wall_s:.1f} s')
     return result(Status.SANDBOX_ERROR, f'the harness did not start ({ending}); '
                   f'stderr: {stderr_tail[-500:]!r}')
-  if done == (n_tests, n_tests) and tests_passed == n_tests and exit_clean:
+  if done == (str(n_tests), str(n_tests)) and tests_passed == n_tests and exit_clean:
     return result(Status.PASSED, f'{n_tests}/{n_tests} tests passed')
   if load is not None and load[1] != 'ok':
     kind = load[2] if len(load) > 2 else 'Unknown'
