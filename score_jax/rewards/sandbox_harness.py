@@ -145,16 +145,20 @@ def _supervise(child, deadline, uid, report):
     report('exit signal %d' % os.WTERMSIG(status))
   else:
     report('exit status %d' % os.WEXITSTATUS(status))
-  _remove_tree(uid)
+  _remove_tree(child, uid)
 
 
-def _remove_tree(uid):
+def _remove_tree(child, uid):
   """Kills and reaps every process left in the program's tree (within about two seconds)."""
   import signal
   import time
   me = os.getpid()
   give_up = time.monotonic() + 2.0
   while time.monotonic() < give_up:
+    try:  # the program's process group, at once (the kernel does not let it fork meanwhile)
+      os.killpg(child, signal.SIGKILL)
+    except OSError:
+      pass
     if uid is not None:
       helper = os.fork()
       if helper == 0:
@@ -301,6 +305,7 @@ def _program_process(handover, facts, libc, workdir):
   """
   exit_now = os._exit
   try:
+    os.setpgid(0, 0)  # a process group of its own, which the supervisor kills in one call
     _limit_and_drop(handover[0], facts, libc, workdir)
     finished = _start_program_thread(handover, facts, exit_now)
   except BaseException:  # the trusted set-up failed: say why on stderr
