@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from score_jax.model.config import ModelConfig
 from score_jax.model.layers import (REMAT_POLICIES, AttentionInputs, Block, RMSNorm, Rotary,
-                                    param, softcap)
+                                    softcap)
 from score_jax.sharding import MeshRules, constrain, sharded_init
 
 Array = jax.Array

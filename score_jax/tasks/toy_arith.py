@@ -24,7 +24,6 @@ sentencepiece tokenizer trained on the task's text is cached beside it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
 from typing import Sequence
