@@ -20,14 +20,29 @@ from score_jax.model import presets
 from score_jax.model.config import ModelConfig
 
 
+def quiet_library_logs() -> None:
+  """Keeps JAX's TPU probing and orbax's per-save INFO lines out of the progress output.
+
+  Entry points call this first; ``--verbosity=0`` (absl's flag) brings the INFO lines back.
+  """
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if not absl_flags.FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses ``'k1=v1,k2=v2'`` into a ConfigDict, typed and restricted by ``defaults``.
+
+  A boolean key may appear bare (``'smoke'`` for ``'smoke=true'``).
 
   Raises:
     ValueError: an unknown key, a malformed pair or a value of the wrong type.
   """
   values = dict(defaults)
-  for pair in filter(None, (arg or '').split(',')):
+  for pair in filter(None, (p.strip() for p in (arg or '').split(','))):
+    if '=' not in pair and isinstance(defaults.get(pair), bool):
+      pair += '=true'  # A bare boolean key switches it on: 'smoke' means 'smoke=true'.
     if '=' not in pair:
       raise ValueError(f'Config argument {pair!r} must look like key=value; got {arg!r}.')
     key, value = (s.strip() for s in pair.split('=', 1))
@@ -80,3 +95,117 @@ def build_mesh(mesh: ml_collections.ConfigDict | dict,
   """Validates ``config.mesh`` against the available devices and builds the mesh."""
   values = mesh.to_dict() if isinstance(mesh, ml_collections.ConfigDict) else dict(mesh)
   return sharding.make_mesh(values, devices)
+
+
+# ---- the training config ------------------------------------------------------------------
+
+PHASE_KINDS = ('sft', 'stage1', 'stage2', 'single_turn')
+
+
+def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name='adam', learning_rate=learning_rate, warmup_steps=0, grad_clip=1.0, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.0))
+
+
+def base_train_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with defaults; config files fill in the rest.
+
+  Defaults follow the paper's Table 8 where it reports a value (MATH column: Adam,
+  α = 10, β1 = 0.01, β2 = 0.1, sampling temperature 1.0, greedy evaluation).
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_preset = 'tiny'
+  c.model = model_config('tiny')
+  c.mesh = mesh_config()
+  c.task = ml_collections.ConfigDict(dict(
+      name='toy_arith', template='plain', instruction='', system_prompt='', data_dir='',
+      train_split='train', test_split='test', train_size=20_000, test_size=500, path='',
+      heldout_ids=''))
+  c.rollout = ml_collections.ConfigDict(dict(
+      prompt_len=64, attempt1_len=128, instruction_len=0, attempt2_len=128, temperature=1.0,
+      top_p=1.0, top_k=0))
+  # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn.
+  c.schedule = 'stage1:100,stage2:100'
+  c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3)))
+  c.rl = ml_collections.ConfigDict(dict(
+      batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
+      clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator='k3', baseline='rloo',
+      normalize_std=False, optimizer=optimizer_config(5e-6)))
+  c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_problems=500, batch_size=128,
+                                          temperature=0.0))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, max_to_keep=2,
+                                                async_save=True))
+  c.log_every_steps = 10
+  c.logprob_chunk = 256
+  return c
+
+
+def parse_schedule(schedule: str) -> list[tuple[str, int]]:
+  """'sft:600,stage1:100' → [('sft', 600), ('stage1', 100)], with clear errors."""
+  phases = []
+  for item in filter(None, (s.strip() for s in schedule.split(','))):
+    kind, _, steps = item.partition(':')
+    if kind not in PHASE_KINDS:
+      raise ValueError(f'schedule: unknown phase {kind!r} in {schedule!r}; phases are '
+                       f'{PHASE_KINDS}.')
+    if not steps.isdigit() or int(steps) <= 0:
+      raise ValueError(f'schedule: phase {kind!r} needs a positive step count, as in '
+                       f'{kind}:100; got {item!r}.')
+    phases.append((kind, int(steps)))
+  if not phases:
+    raise ValueError('schedule is empty; give phases such as "sft:600,stage1:100,stage2:300".')
+  return phases
+
+
+def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+  """Checks the trainer's settings once, at start-up; returns the parsed schedule.
+
+  Raises:
+    ValueError: naming the field, its value and what to do.
+  """
+  phases = parse_schedule(c.schedule)
+  build_model_config(c.model)
+  rl = c.rl
+  if rl.num_samples < 1:
+    raise ValueError(f'rl.num_samples must be >= 1; got {rl.num_samples}.')
+  if rl.batch_size % rl.num_samples:
+    raise ValueError(f'rl.num_samples ({rl.num_samples}) must divide rl.batch_size '
+                     f'({rl.batch_size}): each prompt is sampled num_samples times.')
+  if rl.baseline == 'rloo' and rl.num_samples < 2:
+    raise ValueError('rl.baseline=rloo needs rl.num_samples >= 2 (leave-one-out).')
+  if rl.batch_size % rl.minibatches:
+    raise ValueError(f'rl.minibatches ({rl.minibatches}) must divide rl.batch_size '
+                     f'({rl.batch_size}).')
+  _check_choice_field('rl.algorithm', rl.algorithm, ('reinforce', 'ppo'))
+  _check_choice_field('rl.kl_estimator', rl.kl_estimator, ('k1', 'k2', 'k3'))
+  _check_choice_field('rl.baseline', rl.baseline, ('rloo', 'mean', 'none'))
+  if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
+    raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
+                     'rl.minibatches=1, or use rl.algorithm=ppo.')
+  for name in ('alpha', 'beta1', 'beta2'):
+    if getattr(rl, name) < 0:
+      raise ValueError(f'rl.{name} must be >= 0; got {getattr(rl, name)}.')
+  r = c.rollout
+  for name in ('prompt_len', 'attempt1_len'):
+    if getattr(r, name) <= 0:
+      raise ValueError(f'rollout.{name} must be positive; got {getattr(r, name)}.')
+  needs_two_turns = any(kind in ('sft', 'stage1', 'stage2') for kind, _ in phases)
+  if needs_two_turns and r.attempt2_len <= 0:
+    raise ValueError('rollout.attempt2_len must be positive for two-turn phases.')
+  if r.temperature < 0 or not 0 < r.top_p <= 1:
+    raise ValueError(f'rollout.temperature must be >= 0 and rollout.top_p in (0, 1]; got '
+                     f'{r.temperature} and {r.top_p}.')
+  for section in ('sft', 'rl'):
+    batch = c[section].batch_size
+    if batch <= 0:
+      raise ValueError(f'{section}.batch_size must be positive; got {batch}.')
+    _check_choice_field(f'{section}.optimizer.name', c[section].optimizer.name,
+                        ('adam', 'adamw'))
+  return phases
+
+
+def _check_choice_field(name: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f'{name} must be one of {choices}; got {value!r}.')

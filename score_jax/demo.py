@@ -13,7 +13,6 @@ cache, and checks that the cached logits equal one full forward over the same to
 
 from __future__ import annotations
 
-import logging
 import time
 
 from absl import app
@@ -62,8 +61,7 @@ def greedy_decode(model: Decoder, params, prompt, prompt_valid, new_tokens: int)
 
 def main(argv):
   del argv
-  # JAX logs at INFO that it found no TPU on every start-up: not worth a user's attention.
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  config_lib.quiet_library_logs()
   config = _CONFIG.value
   try:
     model_config = config_lib.build_model_config(config.model)
