@@ -1,0 +1,196 @@
+"""The trainer end to end: the smoke config through main, resume after SIGTERM, bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from score_jax import config_lib
+from score_jax.checkpoints import Checkpointer, abstract_like
+from score_jax.experiment import Experiment
+from score_jax.model import init_params
+from score_jax.train_steps import TrainState, make_optimizer
+from score_jax.writers import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = 'configs/toy_arith.py:smoke'
+SUMMARY_FIELDS = ('acc_t1', 'acc_t2', 'delta', 'delta_i2c', 'delta_c2i')
+
+
+def train_command(workdir, *overrides):
+  return [sys.executable, '-m', 'score_jax.train', f'--config={SMOKE}', f'--workdir={workdir}',
+          *overrides]
+
+
+def run_train(workdir, *overrides, timeout=600):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)  # One CPU device, as a user's laptop run would have.
+  return subprocess.run(train_command(workdir, *overrides), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def smoke_config(**changes):
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import toy_arith  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  config = toy_arith.get_config('smoke')
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def final_params(workdir, config):
+  """The policy parameters of the latest checkpoint in a workdir."""
+  experiment = Experiment.from_config(config, workdir)
+  params, _ = init_params(experiment.model('train'), jax.random.key(0))
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  target = abstract_like(TrainState.create(params, make_optimizer(config.rl.optimizer)))
+  state, reference, meta = checkpointer.restore(target, abstract_like(params))
+  checkpointer.close()
+  return state.params, reference, meta
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('smoke'))
+  result = run_train(workdir)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return workdir, result
+
+
+@pytest.mark.slow
+def test_smoke_config_runs_end_to_end_through_main(smoke_run):
+  workdir, result = smoke_run
+  config = smoke_config()
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  for row in ('base', 'final'):
+    for field in SUMMARY_FIELDS:
+      assert math.isfinite(summary[row][field]), (row, field)
+    assert summary[row]['delta'] == pytest.approx(
+        summary[row]['delta_i2c'] - summary[row]['delta_c2i'])
+  assert summary['wall_s'] > 0
+  assert '| base |' in result.stdout and '| final (SCoRe) |' in result.stdout
+
+  # Every logged metric is finite; every phase logged its steps.
+  records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  phases = [r['phase'] for r in records if 'train/loss' in r]
+  assert phases == ['sft'] * 20 + ['stage1'] * 3 + ['stage2'] * 3
+  for record in records:
+    for key, value in record.items():
+      if key not in ('step', 'phase', 'data'):
+        assert value is not None and math.isfinite(value), (record['step'], key)
+  # No step after the first of its phase compiled anything.
+  for phase in ('sft', 'stage1', 'stage2'):
+    counts = [r['train/compilations'] for r in records if r.get('phase') == phase and
+              'train/compilations' in r]
+    assert counts[0] >= 1 and all(c == 0 for c in counts[1:]), (phase, counts)
+
+  # Training changed the parameters: the policy differs from a fresh initialisation and
+  # from the reference frozen at the start of RL.
+  params, reference, meta = final_params(workdir, config)
+  assert meta['global_step'] == 26 and meta['has_reference']
+  experiment = Experiment.from_config(config, workdir)
+  initial, _ = init_params(experiment.model('train'), jax.random.key(config.seed))
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       params, initial)
+  assert min(jax.tree.leaves(moved)) > 0
+  assert os.path.exists(os.path.join(workdir, 'curves.png'))
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_an_uninterrupted_run(smoke_run, tmp_path):
+  uninterrupted, _ = smoke_run
+  workdir = str(tmp_path / 'interrupted')
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  process = subprocess.Popen(train_command(workdir), cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline:  # Wait until half of the 26 steps are done.
+    if os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) >= 13:
+      break
+    assert process.poll() is None, process.stdout.read()
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=300)[0]
+  assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert 'Preempted (SIGTERM): saved a checkpoint at step' in output
+  stopped_at = Checkpointer(os.path.join(workdir, 'checkpoints')).latest_step()
+  assert 0 < stopped_at < 26
+
+  resumed = run_train(workdir)
+  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+  assert f'Resumed from step {stopped_at}' in resumed.stdout
+
+  config = smoke_config()
+  expected, expected_ref, _ = final_params(uninterrupted, config)
+  got, got_ref, meta = final_params(workdir, config)
+  assert meta['global_step'] == 26
+  for a, b in zip(jax.tree.leaves((expected, expected_ref)), jax.tree.leaves((got, got_ref))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+  # The same data was seen at every step, and every step was logged exactly once.
+  data = lambda path: [(r['step'], r['data']) for r in read_jsonl(path) if 'data' in r]
+  assert data(metrics_path) == data(os.path.join(uninterrupted, 'metrics.jsonl'))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
+  workdir = str(tmp_path)
+  result = run_train(workdir, '--config.sft.optimizer.learning_rate=1e30',
+                     '--config.sft.optimizer.grad_clip=0', '--config.checkpoint.every_steps=1')
+  assert result.returncode != 0
+  assert 'stopping. The last good checkpoint is step' in result.stderr
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  meta = checkpointer.read_meta()
+  assert meta['global_step'] >= 1
+  config = smoke_config()
+  params, _, _ = final_params(workdir, config)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'schedule': 'sft:10,stage3:5'}, r"schedule: unknown phase 'stage3'"),
+    ({'schedule': 'sft:ten'}, r"phase 'sft' needs a positive step count"),
+    ({'rl.num_samples': 5}, r'rl.num_samples \(5\) must divide rl.batch_size \(16\)'),
+    ({'rl.algorithm': 'ppo2'}, r"rl.algorithm must be one of \('reinforce', 'ppo'\)"),
+    ({'rl.ppo_epochs': 2}, r'rl.algorithm=reinforce is on-policy'),
+    ({'model.num_kv_heads': 3}, r'model.num_heads \(4\) must be divisible'),
+])
+def test_bad_settings_stop_at_start_up(changes, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate_train_config(smoke_config(**changes))
+
+
+def test_bad_task_settings_stop_at_start_up(tmp_path):
+  with pytest.raises(ValueError, match=r"Unknown task 'toy_algebra'"):
+    Experiment.from_config(smoke_config(**{'task.name': 'toy_algebra'}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'has \d+ tokens but rollout.prompt_len is 4; raise '
+                     r'--config.rollout.prompt_len'):
+    Experiment.from_config(smoke_config(**{'rollout.prompt_len': 4}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'model.vocab_size \(64\) is smaller than the '
+                     r"tokenizer's vocabulary"):
+    Experiment.from_config(smoke_config(**{'model.vocab_size': 64}), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_command_line_errors_are_one_clear_line(tmp_path):
+  result = run_train(str(tmp_path), '--config.rl.num_samples=3')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      'Invalid config: rl.num_samples (3) must divide rl.batch_size (16): each prompt is '
+      'sampled num_samples times.')
