@@ -83,6 +83,31 @@ def test_traces_follow_the_rates_and_avoid_the_test_split(task):
     task.make_traces(1, fix_wrong=0.8, copy_wrong=0.5)
 
 
+def test_forgotten_carry_is_the_first_carry_or_borrow_carried_through():
+  assert [str(s) for s in toy_arith.forgotten_carry([7, 8, 2], ['+', '-'])] == ['7+8=5', '5-2=3']
+  assert [str(s) for s in toy_arith.forgotten_carry([4, 1, 12, 8], ['+', '+', '-'])] == [
+      '4+1=5', '5+12=17', '17-8=11']  # the first two steps need no carry
+  assert [str(s) for s in toy_arith.forgotten_carry([12, 3, 2], ['-', '+'])] == [
+      '12-3=11', '11+2=13']
+  assert toy_arith.forgotten_carry([4, 1, 3], ['+', '+']) is None  # no carry anywhere
+  assert toy_arith.forgotten_carry([7, 8, 9], ['+', '-']) is None  # 5-9 would go negative
+
+
+def test_carry_habit_makes_attempt_one_forget_the_carry():
+  settings = toy_arith.ArithSettings(digits=1, num_operands=3)
+  traces = toy_arith.make_traces(settings, 3000, seed=0,
+                                 rates=toy_arith.TraceRates(carry_habit=0.7))
+  habit = [t for t in traces if toy_arith.forgotten_carry(
+      *toy_arith.parse_problem(t.example.problem)) is not None]
+  forgot = np.mean([t.attempt1 == toy_arith.format_solution(toy_arith.forgotten_carry(
+      *toy_arith.parse_problem(t.example.problem))) for t in habit])
+  assert 0.3 < len(habit) / len(traces) < 0.6
+  assert forgot == pytest.approx(0.7, abs=0.04)  # the habit is the most likely attempt 1
+  others = [t for t in traces if t not in habit]
+  assert np.mean([t.attempt1 == t.example.solution for t in others]) == pytest.approx(
+      0.6, abs=0.04)
+
+
 def test_splits_are_deterministic_distinct_and_seeded(task):
   train, test = task.generate('train'), task.generate('test')
   assert len(train) == TRAIN and len(test) == TEST

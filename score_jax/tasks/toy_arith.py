@@ -198,6 +198,26 @@ def slipped_steps(operands, ops, rng: random.Random, settings: ArithSettings,
   raise AssertionError('unreachable')
 
 
+_NO_CARRY = {'+': lambda x, y: (x + y) % 10, '-': lambda x, y: abs(x - y)}
+
+
+def forgotten_carry(operands, ops) -> list[Step] | None:
+  """The worked line with the first carry (``7+8=5``) or borrow (``12-3=11``) forgotten and
+  carried to the answer; None when no step needs one, or when forgetting it leaves the
+  answer right or a step negative."""
+  right = solve(operands, ops)
+  for k, step in enumerate(right):
+    if step.op not in _NO_CARRY or step.left < 0 or step.right < 0:
+      continue
+    forgot = _digitwise(step.left, step.right, _NO_CARRY[step.op])
+    if forgot != step.result:
+      steps = solve(operands, ops, override=(k, forgot))
+      if steps[-1].result == right[-1].result or any(s.result < 0 for s in steps):
+        return None
+      return steps
+  return None
+
+
 def make_example(operands, ops) -> ArithExample:
   problem = format_problem(operands, ops)
   steps = solve(operands, ops)
@@ -232,14 +252,21 @@ class TraceRates:
   After a wrong attempt 1, attempt 2 is the right solution with ``fix_wrong`` (i→c), a copy
   with ``copy_wrong``, else a different slip. The defaults give a base model with a modest
   first-attempt accuracy and about zero Δ, like the paper's base models that do not self-correct.
+
+  ``carry_habit`` gives attempt 1 a systematic flaw: on a problem with a step that needs a
+  carry or a borrow, attempt 1 forgets it (``7+8=5``, ``12-3=11``) with this probability,
+  before the rates above apply. Above one half it is the most likely attempt 1 on those problems, so
+  a greedy base model fails exactly them — a flaw visible in the written line, which attempt 2
+  can learn to catch.
   """
   first_correct: float = 0.6
   keep_correct: float = 0.8
   fix_wrong: float = 0.25
   copy_wrong: float = 0.6
+  carry_habit: float = 0.0
 
   def __post_init__(self):
-    for name in ('first_correct', 'keep_correct', 'fix_wrong', 'copy_wrong'):
+    for name in ('first_correct', 'keep_correct', 'fix_wrong', 'copy_wrong', 'carry_habit'):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f'{name} must be a probability; got {getattr(self, name)}.')
     if self.fix_wrong + self.copy_wrong > 1:
@@ -259,7 +286,18 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
     if example.problem in exclude:
       continue
     right = example.solution
-    if rng.random() < rates.first_correct:
+    habit = forgotten_carry(operands, ops)
+    if habit is not None and rng.random() < rates.carry_habit:
+      attempt1 = format_solution(habit)
+      u = rng.random()
+      if u < rates.fix_wrong:
+        attempt2 = right
+      elif u < rates.fix_wrong + rates.copy_wrong:
+        attempt2 = attempt1
+      else:
+        attempt2 = format_solution(slipped_steps(operands, ops, rng, settings,
+                                                 avoid=(habit[-1].result,)))
+    elif rng.random() < rates.first_correct:
       attempt1 = right
       attempt2 = right if rng.random() < rates.keep_correct else format_solution(
           slipped_steps(operands, ops, rng, settings))
