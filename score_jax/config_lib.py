@@ -104,8 +104,8 @@ PHASE_KINDS = ('sft', 'stage1', 'stage2', 'single_turn')
 
 def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      name='adam', learning_rate=learning_rate, warmup_steps=0, grad_clip=1.0, b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.0))
+      name='adam', learning_rate=learning_rate, warmup_steps=0, decay='constant',
+      final_fraction=0.0, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
 
 
 def base_train_config() -> ml_collections.ConfigDict:
@@ -128,7 +128,9 @@ def base_train_config() -> ml_collections.ConfigDict:
       top_p=1.0, top_k=0))
   # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn.
   c.schedule = 'stage1:100,stage2:100'
-  c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3)))
+  # trace_options: passed to the task's make_traces (for the toy task, TraceRates fields).
+  c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
+                                         trace_options=ml_collections.ConfigDict()))
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator='k3', baseline='rloo',
@@ -203,6 +205,11 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
       raise ValueError(f'{section}.batch_size must be positive; got {batch}.')
     _check_choice_field(f'{section}.optimizer.name', c[section].optimizer.name,
                         ('adam', 'adamw'))
+    _check_choice_field(f'{section}.optimizer.decay', c[section].optimizer.decay,
+                        ('constant', 'cosine'))
+    if not 0 <= c[section].optimizer.final_fraction <= 1:
+      raise ValueError(f'{section}.optimizer.final_fraction must be in [0, 1]; got '
+                       f'{c[section].optimizer.final_fraction}.')
   return phases
 
 

@@ -36,11 +36,25 @@ class TrainState:
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam or AdamW with linear warm-up to a constant rate, after global-norm clipping."""
-  schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
-  if config.warmup_steps <= 0:
-    schedule = optax.constant_schedule(config.learning_rate)
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warm-up, then constant or cosine decay to ``final_fraction`` of the peak by
+  ``total_steps`` (the phase's length)."""
+  warmup = max(config.warmup_steps, 0)
+  if config.decay == 'constant':
+    if warmup == 0:
+      return optax.constant_schedule(config.learning_rate)
+    return optax.linear_schedule(0.0, config.learning_rate, warmup)
+  if config.decay == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(total_steps, warmup + 1),
+        end_value=config.learning_rate * config.final_fraction)
+  raise ValueError(f"optimizer.decay must be 'constant' or 'cosine'; got {config.decay!r}.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   total_steps: int = 0) -> optax.GradientTransformation:
+  """Adam or AdamW on ``learning_rate_schedule``, after global-norm clipping."""
+  schedule = learning_rate_schedule(config, total_steps)
   if config.name == 'adam':
     opt = optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
   elif config.name == 'adamw':
