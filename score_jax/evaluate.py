@@ -1,11 +1,13 @@
 r"""Prints (and writes) the paper-style self-correction table for a checkpoint.
 
-  python -m score_jax.evaluate --config=configs/toy_arith.py --checkpoint=/tmp/score-toy
-  python -m score_jax.evaluate --config=configs/toy_arith.py --checkpoint=/tmp/score-toy \
-      --step=400 --temperature=0.7 --num_problems=200
+  python -m score_jax.evaluate --checkpoint=/tmp/score-toy
+  python -m score_jax.evaluate --checkpoint=/tmp/score-toy --step=400 --temperature=0.7 \
+      --num_problems=200
 
 ``--checkpoint`` is a training workdir (or its ``checkpoints/`` folder); the latest step is
-used unless ``--step`` names another. Decoding is greedy by default, as in the paper. When
+used unless ``--step`` names another. The run's config is read from the checkpoint; pass
+``--config`` (with overrides) only to evaluate under different settings, e.g. another
+held-out split. Decoding is greedy by default, as in the paper. When
 the checkpoint holds the frozen reference model of an RL run, its row is printed too, so
 the table shows base vs trained. The result goes to ``--output`` (default
 ``WORKDIR/eval_step<N>.json``).
@@ -21,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import jax
+import ml_collections
 
 from score_jax import config_lib, reporting
 from score_jax.checkpoints import Checkpointer, abstract_like
@@ -30,8 +33,9 @@ from score_jax.model import init_params
 from score_jax.sampling import SamplingParams
 from score_jax.train_steps import TrainState, make_optimizer
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to the run\'s config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A config file to use instead of the one stored in the checkpoint.',
+    lock_config=True)
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'A training workdir or its checkpoints/.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Sampling temperature; 0 is greedy.')
@@ -41,7 +45,7 @@ _NUM_PROBLEMS = flags.DEFINE_integer('num_problems', None,
 _BASE = flags.DEFINE_boolean('base', True, 'Also evaluate the stored reference (base) model.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON result.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed (ignored when greedy).')
-flags.mark_flags_as_required(['config', 'checkpoint'])
+flags.mark_flags_as_required(['checkpoint'])
 
 
 def checkpoint_dir(path: str) -> tuple[str, str]:
@@ -52,6 +56,15 @@ def checkpoint_dir(path: str) -> tuple[str, str]:
   if os.path.isdir(path):
     return os.path.dirname(path), path
   raise FileNotFoundError(f'No checkpoint directory at {path!r}.')
+
+
+def stored_config(directory: str) -> ml_collections.ConfigDict:
+  """The config a training run saved with its latest checkpoint."""
+  checkpointer = Checkpointer(directory, async_save=False)
+  try:
+    return ml_collections.ConfigDict(checkpointer.read_meta()['config'])
+  finally:
+    checkpointer.close()
 
 
 def restore_models(config, experiment: Experiment, directory: str, step: int | None):
@@ -72,9 +85,9 @@ def restore_models(config, experiment: Experiment, directory: str, step: int | N
 def main(argv):
   del argv
   config_lib.quiet_library_logs()
-  config = _CONFIG.value
   try:
     workdir, directory = checkpoint_dir(_CHECKPOINT.value)
+    config = _CONFIG.value or stored_config(directory)
     experiment = Experiment.from_config(config, workdir)
     params, reference, step = restore_models(config, experiment, directory, _STEP.value)
     sampling = SamplingParams.create(_TEMPERATURE.value, _TOP_P.value)
