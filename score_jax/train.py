@@ -74,6 +74,12 @@ class Trainer:
     self.phases = phases
     self.exp = experiment
     self.is_main_process = jax.process_index() == 0
+    # Every SFT phase's traces, tokenised and checked against the slots before any training.
+    self.sft_traces = {
+        index: self._encode_traces(experiment.task.make_traces(
+            steps * config.sft.batch_size, seed=config.seed + 1000 * index,
+            **config.sft.trace_options.to_dict()))
+        for index, (kind, steps) in enumerate(phases) if kind == 'sft'}
     self.train_model = experiment.model('train')
     self.sample_model = experiment.model('sample')
     c = config
@@ -137,11 +143,27 @@ class Trainer:
     b = self.config.sft.batch_size
     return [traces[i % len(traces)] for i in range(step * b, (step + 1) * b)]
 
+  def _encode_traces(self, traces: list) -> list[tuple[str, list[int], list[int], list[int]]]:
+    """(example id, prompt ids, attempt 1 + stop, attempt 2 + stop) per trace, checked once
+    against the rollout slots so that a trace too long stops the run now, not mid-phase."""
+    exp, stop = self.exp, self.exp.spec.stop_tokens[0]
+    encoded = [(t.example.id, exp.prompt_ids(t.example),
+                exp.tokenizer.encode(t.attempt1) + [stop],
+                exp.tokenizer.encode(t.attempt2) + [stop]) for t in traces]
+    for index, (name, width) in enumerate((('prompt_len', exp.spec.prompt_len),
+                                           ('attempt1_len', exp.spec.attempt1_len),
+                                           ('attempt2_len', exp.spec.attempt2_len)), start=1):
+      longest = max(range(len(encoded)), key=lambda i: len(encoded[i][index]))
+      if len(encoded[longest][index]) > width:
+        raise ValueError(
+            f'SFT trace {traces[longest].example.id!r} needs {len(encoded[longest][index])} '
+            f'tokens in the {name.removesuffix("_len")} slot but rollout.{name} is {width}; '
+            f'raise --config.rollout.{name} to at least {len(encoded[longest][index])}.')
+    return encoded
+
   def _pack_traces(self, chunk: list):
-    return pack_trajectories(
-        self.exp.spec, [self.exp.prompt_ids(t.example) for t in chunk],
-        [self.exp.tokenizer.encode(t.attempt1) + [self.exp.spec.stop_tokens[0]] for t in chunk],
-        [self.exp.tokenizer.encode(t.attempt2) + [self.exp.spec.stop_tokens[0]] for t in chunk])
+    _, prompts, attempts1, attempts2 = map(list, zip(*chunk))
+    return pack_trajectories(self.exp.spec, prompts, attempts1, attempts2)
 
   def _to_devices(self, tree):
     """Places host arrays on the mesh, split along their leading (batch) dimension."""
@@ -198,7 +220,7 @@ class Trainer:
           f'--workdir or the same schedule.')
     progress = {k: meta[k] for k in self._fresh_progress()}
     kind, steps = self.phases[progress['phase_index']]
-    tx = self._optimizer(kind)
+    tx = self._optimizer(kind, steps)
     target = abstract_like(TrainState.create(self.params, tx))
     reference_target = abstract_like(self.params) if meta['has_reference'] else None
     state, self.reference, _ = self.checkpointer.restore(target, reference_target, step)
@@ -206,9 +228,9 @@ class Trainer:
     self._log(f'Resumed from step {step} (phase {kind}, {progress["phase_step"]}/{steps} done).')
     return state, progress
 
-  def _optimizer(self, kind: str):
+  def _optimizer(self, kind: str, num_steps: int):
     section = self.config.sft if kind == 'sft' else self.config.rl
-    return make_optimizer(section.optimizer)
+    return make_optimizer(section.optimizer, num_steps)
 
   def _save(self, state: TrainState, progress: dict) -> None:
     if self.checkpointer.latest_step() == progress['global_step']:
@@ -232,7 +254,7 @@ class Trainer:
     c = self.config
     phase_index = progress['phase_index']
     kind, num_steps = self.phases[phase_index]
-    tx = self._optimizer(kind)
+    tx = self._optimizer(kind, num_steps)
     if state is None:
       state = jax.jit(functools.partial(TrainState.create, tx=tx))(self.params)
     if kind != 'sft' and self.reference is None:
@@ -241,8 +263,7 @@ class Trainer:
       progress['base_eval'] = self._evaluate(self.reference, 'base', progress['global_step'])
 
     if kind == 'sft':
-      traces = self.exp.task.make_traces(
-          num_steps * c.sft.batch_size, seed=c.seed + 1000 * phase_index)
+      traces = self.sft_traces[phase_index]
       step_fn = make_sft_step(self.train_model, tx, c.logprob_chunk)
     else:
       rl = c.rl
@@ -267,7 +288,7 @@ class Trainer:
           state, step_metrics = step_fn(state, self._to_devices(self._pack_traces(chunk)))
           step_metrics = {f'train/{k}': float(v)
                           for k, v in jax.device_get(step_metrics).items()}
-          data = _fingerprint(t.example.id for t in chunk)
+          data = _fingerprint(example_id for example_id, *_ in chunk)
         else:
           examples = self._rl_examples(rl_steps_before + progress['phase_step'])
           state, step_metrics = self._rl_step(step_fn, kind, state, examples, step_key)
@@ -291,7 +312,7 @@ class Trainer:
         window = []
       if (kind != 'sft' and c.eval.every_steps and
           progress['global_step'] % c.eval.every_steps == 0 and
-          progress['phase_step'] < num_steps):
+          progress['global_step'] < sum(steps for _, steps in self.phases)):  # final: below
         self._evaluate(state.params, 'eval', progress['global_step'])
       if (progress['global_step'] % c.checkpoint.every_steps == 0 or
           progress['phase_step'] == num_steps):
@@ -421,9 +442,10 @@ def main(argv):
   try:
     phases = config_lib.validate_train_config(config)
     experiment = Experiment.from_config(config, workdir)
-  except (ValueError, FileNotFoundError) as e:
+    trainer = Trainer(config, workdir, phases, experiment)
+  except (ValueError, FileNotFoundError, NotImplementedError) as e:
     raise SystemExit(f'Invalid config: {e}') from None
-  Trainer(config, workdir, phases, experiment).run()
+  trainer.run()
 
 
 if __name__ == '__main__':

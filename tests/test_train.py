@@ -188,6 +188,15 @@ def test_bad_task_settings_stop_at_start_up(tmp_path):
 
 
 @pytest.mark.slow
+def test_sft_traces_too_long_for_their_slot_stop_before_training(tmp_path):
+  result = run_train(str(tmp_path), '--config.rollout.attempt1_len=8')
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('Invalid config: SFT trace ') and 'attempt1_len' in last, last
+  assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
+
+
+@pytest.mark.slow
 def test_command_line_errors_are_one_clear_line(tmp_path):
   result = run_train(str(tmp_path), '--config.rl.num_samples=3')
   assert result.returncode != 0

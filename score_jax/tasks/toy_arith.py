@@ -391,5 +391,9 @@ class ToyArithTask(base.Task):
     if self._test_problems is None:
       self._test_problems = frozenset(e.problem for e in generate_split(
           self.settings, self.seed, 'test', self.test_size))
+    unknown = set(rates) - {f.name for f in dataclasses.fields(TraceRates)}
+    if unknown:
+      raise ValueError(f'Unknown trace option(s) {sorted(unknown)}; the toy task takes '
+                       f'{[f.name for f in dataclasses.fields(TraceRates)]}.')
     return make_traces(self.settings, num_traces, seed, TraceRates(**rates),
                        exclude=self._test_problems)
