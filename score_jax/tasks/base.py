@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import operator
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -166,3 +167,20 @@ class LazySequence(Sequence):
 def text(value) -> str:
   """TFDS text features come back as bytes."""
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def read_jsonl_lines(path: str) -> Iterator[tuple[int, str, Any]]:
+  """``(line number, "PATH, line N", value)`` for every non-blank line of a JSONL file.
+
+  Raises:
+    ValueError: a line that is not JSON, naming the file and the line.
+  """
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{path}, line {number}'
+      try:
+        yield number, where, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where}: not valid JSON ({e.msg}); fix or remove the line.') from None

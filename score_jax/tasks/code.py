@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -139,37 +138,29 @@ def load_mbpp(path: str) -> list[CodeExample]:
     raise FileNotFoundError(f'No MBPP file at {path!r}; download mbpp.jsonl from the MBPP '
                             'release and pass its path.')
   examples = []
-  with open(path, encoding='utf-8') as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}, line {line_number}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not valid JSON ({e.msg}); fix or remove the line.') from None
-      if not isinstance(record, dict):
-        raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}.')
-      for field, kind in (('task_id', int), ('text', str), ('code', str), ('test_list', list)):
-        if not isinstance(record.get(field), kind):
-          got = 'missing' if field not in record else type(record[field]).__name__
-          raise ValueError(f'{where} (task_id {record.get("task_id")!r}): field {field!r} must '
-                           f'be {kind.__name__}; got {got}.')
-      tests = record['test_list']
-      if not tests or not all(isinstance(t, str) for t in tests):
-        raise ValueError(f'{where} (task_id {record["task_id"]}): field \'test_list\' must be a '
-                         'non-empty list of strings.')
-      setup = record.get('test_setup_code') or ''
-      if not isinstance(setup, str):
-        raise ValueError(f'{where} (task_id {record["task_id"]}): field \'test_setup_code\' '
-                         f'must be a string; got {type(setup).__name__}.')
-      try:
-        expose, modules = names_used_by_tests(setup, tests)
-      except ValueError as e:
-        raise ValueError(f'{where} (task_id {record["task_id"]}): {e}') from None
-      examples.append(CodeExample(
-          id=f'mbpp/{record["task_id"]}', problem=record['text'], answer=record['code'],
-          source='mbpp', tests=tuple(tests), setup=setup, expose=expose, modules=modules))
+  for _, where, record in base.read_jsonl_lines(path):
+    if not isinstance(record, dict):
+      raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}.')
+    for field, kind in (('task_id', int), ('text', str), ('code', str), ('test_list', list)):
+      if not isinstance(record.get(field), kind):
+        got = 'missing' if field not in record else type(record[field]).__name__
+        raise ValueError(f'{where} (task_id {record.get("task_id")!r}): field {field!r} must '
+                         f'be {kind.__name__}; got {got}.')
+    tests = record['test_list']
+    if not tests or not all(isinstance(t, str) for t in tests):
+      raise ValueError(f'{where} (task_id {record["task_id"]}): field \'test_list\' must be a '
+                       'non-empty list of strings.')
+    setup = record.get('test_setup_code') or ''
+    if not isinstance(setup, str):
+      raise ValueError(f'{where} (task_id {record["task_id"]}): field \'test_setup_code\' '
+                       f'must be a string; got {type(setup).__name__}.')
+    try:
+      expose, modules = names_used_by_tests(setup, tests)
+    except ValueError as e:
+      raise ValueError(f'{where} (task_id {record["task_id"]}): {e}') from None
+    examples.append(CodeExample(
+        id=f'mbpp/{record["task_id"]}', problem=record['text'], answer=record['code'],
+        source='mbpp', tests=tuple(tests), setup=setup, expose=expose, modules=modules))
   return examples
 
 

@@ -103,17 +103,8 @@ def read_directory(root: str) -> list[dict]:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  records = []
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}, line {number}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not valid JSON ({e.msg}); fix or remove the line.') from None
-      records.append(parse_record(record, where, f'line{number}'))
+  records = [parse_record(record, where, f'line{number}')
+             for number, where, record in base.read_jsonl_lines(path)]
   if not records:
     raise ValueError(f'{path}: no records.')
   return records
