@@ -288,30 +288,23 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
     right = example.solution
     habit = forgotten_carry(operands, ops)
     if habit is not None and rng.random() < rates.carry_habit:
-      attempt1 = format_solution(habit)
-      u = rng.random()
-      if u < rates.fix_wrong:
-        attempt2 = right
-      elif u < rates.fix_wrong + rates.copy_wrong:
-        attempt2 = attempt1
-      else:
-        attempt2 = format_solution(slipped_steps(operands, ops, rng, settings,
-                                                 avoid=(habit[-1].result,)))
+      wrong = habit
     elif rng.random() < rates.first_correct:
-      attempt1 = right
       attempt2 = right if rng.random() < rates.keep_correct else format_solution(
           slipped_steps(operands, ops, rng, settings))
+      traces.append(base.Trace(example, right, attempt2))
+      continue
     else:
-      slip = slipped_steps(operands, ops, rng, settings)
-      attempt1 = format_solution(slip)
-      u = rng.random()
-      if u < rates.fix_wrong:
-        attempt2 = right
-      elif u < rates.fix_wrong + rates.copy_wrong:
-        attempt2 = attempt1
-      else:
-        attempt2 = format_solution(slipped_steps(operands, ops, rng, settings,
-                                                 avoid=(slip[-1].result,)))
+      wrong = slipped_steps(operands, ops, rng, settings)
+    attempt1 = format_solution(wrong)
+    u = rng.random()
+    if u < rates.fix_wrong:
+      attempt2 = right
+    elif u < rates.fix_wrong + rates.copy_wrong:
+      attempt2 = attempt1
+    else:
+      attempt2 = format_solution(slipped_steps(operands, ops, rng, settings,
+                                               avoid=(wrong[-1].result,)))
     traces.append(base.Trace(example, attempt1, attempt2))
   return traces
 
