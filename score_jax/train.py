@@ -72,6 +72,7 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     self.phases = phases
+    self.total_steps = sum(steps for _, steps in phases)
     self.exp = experiment
     self.is_main_process = jax.process_index() == 0
     # Every SFT phase's traces, tokenised and checked against the slots before any training.
@@ -312,7 +313,7 @@ class Trainer:
         window = []
       if (kind != 'sft' and c.eval.every_steps and
           progress['global_step'] % c.eval.every_steps == 0 and
-          progress['global_step'] < sum(steps for _, steps in self.phases)):  # final: below
+          progress['global_step'] < self.total_steps):  # The final evaluation is in _finish.
         self._evaluate(state.params, 'eval', progress['global_step'])
       if (progress['global_step'] % c.checkpoint.every_steps == 0 or
           progress['phase_step'] == num_steps):
@@ -377,7 +378,7 @@ class Trainer:
     mean = lambda key: np.mean([m[key] for m in window if key in m]) if any(
         key in m for m in window) else float('nan')
     parts = [f'[{kind} {progress["phase_step"]}/{num_steps}]',
-             f'step {progress["global_step"]}/{sum(s for _, s in self.phases)}',
+             f'step {progress["global_step"]}/{self.total_steps}',
              f'{rate:.2f} steps/s', f'ETA {_duration(eta)}', f'loss {mean("train/loss"):.4f}']
     if kind != 'sft':
       parts += [f'r1 {mean("train/reward_t1"):.3f}', f'r2 {mean("train/reward_t2"):.3f}',
@@ -405,9 +406,14 @@ class Trainer:
     return summary
 
 
+@jax.jit
+def _all_finite_device(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _all_finite(tree) -> bool:
-  return bool(jax.jit(lambda t: jnp.all(jnp.asarray(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))(tree))
+  # One module-level jit: compiled once per parameter structure, not at every save.
+  return bool(_all_finite_device(tree))
 
 
 def _fingerprint(ids) -> int:
