@@ -58,28 +58,16 @@ def checkpoint_dir(path: str) -> tuple[str, str]:
   raise FileNotFoundError(f'No checkpoint directory at {path!r}.')
 
 
-def stored_config(directory: str) -> ml_collections.ConfigDict:
-  """The config a training run saved with its latest checkpoint."""
-  checkpointer = Checkpointer(directory, async_save=False)
-  try:
-    return ml_collections.ConfigDict(checkpointer.read_meta()['config'])
-  finally:
-    checkpointer.close()
-
-
-def restore_models(config, experiment: Experiment, directory: str, step: int | None):
-  """(policy params, reference params or None, step) from a training checkpoint."""
-  checkpointer = Checkpointer(directory, async_save=False)
-  meta = checkpointer.read_meta(step)
+def restore_models(config, experiment: Experiment, checkpointer: Checkpointer, meta: dict):
+  """(policy params, reference params or None) from the checkpoint ``meta`` describes."""
   phases = config_lib.parse_schedule(meta['schedule'])
   kind = phases[min(meta['phase_index'], len(phases) - 1)][0]
   section = config.sft if kind == 'sft' else config.rl
   params, _ = init_params(experiment.model('train'), jax.random.key(0))
   target = abstract_like(TrainState.create(params, make_optimizer(section.optimizer)))
   reference_target = abstract_like(params) if meta['has_reference'] else None
-  state, reference, _ = checkpointer.restore(target, reference_target, step)
-  checkpointer.close()
-  return state.params, reference, meta['global_step']
+  state, reference, _ = checkpointer.restore(target, reference_target, meta['global_step'])
+  return state.params, reference
 
 
 def main(argv):
@@ -87,9 +75,16 @@ def main(argv):
   config_lib.quiet_library_logs()
   try:
     workdir, directory = checkpoint_dir(_CHECKPOINT.value)
-    config = _CONFIG.value or stored_config(directory)
-    experiment = Experiment.from_config(config, workdir)
-    params, reference, step = restore_models(config, experiment, directory, _STEP.value)
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+      meta = checkpointer.read_meta(_STEP.value)
+      # The run's own config (as saved with the checkpoint) unless --config overrides it.
+      config = _CONFIG.value or ml_collections.ConfigDict(meta['config'])
+      experiment = Experiment.from_config(config, workdir)
+      params, reference = restore_models(config, experiment, checkpointer, meta)
+    finally:
+      checkpointer.close()
+    step = meta['global_step']
     sampling = SamplingParams.create(_TEMPERATURE.value, _TOP_P.value)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'score_jax.evaluate: {e}') from None
