@@ -24,6 +24,7 @@ setuptools.setup(
     install_requires=_requirements('requirements.txt'),
     extras_require={
         'test': ['pytest>=8'],
+        'tpu': ['libtpu==0.0.42.*'],
     },
     classifiers=[
         'Programming Language :: Python :: 3.11',
