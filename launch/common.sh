@@ -161,7 +161,8 @@ check_workdir() {
 
 # ---- Scripts that run on every worker (POSIX sh, one line: they travel in ssh --command). ----
 
-# Installs Python if the image lacks it, unpacks the code and installs it with jax[tpu] in a venv.
+# Installs Python if the image lacks it, unpacks the code and installs it in a venv with its tpu extra
+# (the libtpu pin) and jax[tpu] at the version of requirements.txt.
 remote_install_script() {
   local python=$1 jax_version=$2
   local venv_python="$REMOTE_VENV/bin/python"
@@ -174,7 +175,8 @@ remote_install_script() {
     "rm -f ~/$REMOTE_TARBALL"
     "[ -x $venv_python ] || $python -m venv $REMOTE_VENV"
     "$venv_python -m pip install -q --upgrade pip"
-    "$venv_python -m pip install -q -e $REMOTE_CODE \"jax[tpu]==$jax_version\""
+    "cd $REMOTE_CODE"
+    "$venv_python -m pip install -q -e \".[tpu]\" \"jax[tpu]==$jax_version\""
     "echo \"\$(hostname): score-jax installed with jax \$($venv_python -c \"import jax; print(jax.__version__)\")\""
   )
   join_steps "${steps[@]}"

@@ -107,7 +107,7 @@ subcommand_usage() {
       echo 'Creates a TPU VM slice: on demand (default), spot (--spot) or as a queued resource (--queued).' ;;
     setup) echo "Usage: $SCRIPT setup --name=NAME --zone=ZONE [flags]"
       echo 'Packs the code (git archive), copies it to every worker and installs it there: a venv in'
-      echo "$REMOTE_VENV with 'pip install -e .' and jax[tpu] at the version of requirements.txt."
+      echo "$REMOTE_VENV with 'pip install -e .[tpu]' and jax[tpu] at the version of requirements.txt."
       echo "Replaces $REMOTE_CODE on every worker; rerun it after a code change." ;;
     run) echo "Usage: $SCRIPT run --name=NAME --zone=ZONE --config=FILE --workdir=DIR [flags] [-- TRAINER FLAGS]"
       echo "Starts 'python -m score_jax.train --config=FILE --workdir=DIR' on every worker with"
