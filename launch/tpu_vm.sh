@@ -292,6 +292,8 @@ cmd_setup() {
   local jax_version tarball="${TMPDIR:-/tmp}/score-jax-$opt_name.tar.gz"
   jax_version=$(pinned_jax_version "$REPO_ROOT/requirements.txt")
   require_gcloud
+  # shellcheck disable=SC2064  # The path is expanded now, on purpose: it is a local variable.
+  ((DRY_RUN)) || trap "rm -f $(quote_word "$tarball")" EXIT
   pack_code "$tarball"
   run_cmd gcloud compute tpus tpu-vm scp "$tarball" "$opt_name:$REMOTE_TARBALL" "${scope_flags[@]}" --worker=all
   ((DRY_RUN)) || rm -f "$tarball"

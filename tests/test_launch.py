@@ -365,6 +365,8 @@ def sandbox(tmp_path):
         f.write(json.dumps(args) + '\\n')
       if args[3:4] == ['describe']:
         print('ACTIVE')
+      if args[3:4] == ['scp'] and os.environ.get('FAKE_SCP_FAILS') == '1':
+        sys.exit(255)
       if args[3:4] == ['scp']:
         shutil.copy(args[4], os.path.join({str(home)!r}, args[5].split(':', 1)[1]))
       if args[3:4] == ['ssh'] and os.environ.get('FAKE_GCLOUD_EXEC') == '1':
@@ -381,8 +383,8 @@ def sandbox(tmp_path):
     def __init__(self):
       self.repo, self.home, self.env = repo, home, env
 
-    def run(self, *args, execute=False):
-      env = dict(self.env, FAKE_GCLOUD_EXEC='1' if execute else '0')
+    def run(self, *args, execute=False, **fake_env):
+      env = dict(self.env, FAKE_GCLOUD_EXEC='1' if execute else '0', **fake_env)
       return launch(env, *args, script=self.script)
 
     def calls(self):
@@ -429,6 +431,12 @@ def test_setup_ships_head_or_the_working_tree(sandbox, tmp_path):
   result = sandbox.run('setup', *SLICE, '--source=worktree')
   assert result.returncode == 0, result.stderr
   assert 'configs/new.py' in tar_names(shipped)
+  sandbox.calls()
+
+  result = sandbox.run('setup', *SLICE, FAKE_SCP_FAILS='1')
+  assert result.returncode == 255
+  assert [c[:5] for c in sandbox.calls()] == [SCP]  # No install after a failed copy.
+  assert not (tmp_path / 'score-jax-score-v5p.tar.gz').exists()
 
 
 def wait_for(predicate, timeout_s=10.0):
