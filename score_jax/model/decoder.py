@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from score_jax.model.config import ModelConfig
 from score_jax.model.layers import (REMAT_POLICIES, AttentionInputs, Block, RMSNorm, Rotary,
                                     softcap)
-from score_jax.sharding import MeshRules, constrain, sharded_init
+from score_jax.sharding import MeshRules, constrain, logical_axes_of, sharded_init
 
 Array = jax.Array
 
@@ -202,17 +202,26 @@ class Decoder(nn.Module):
     return out
 
 
+def _init_fn(model: Decoder):
+  def init_fn(key):
+    ones = jnp.ones((1, 1), jnp.int32)
+    return model.init(key, ones, ones, ones.astype(bool))['params']
+  return init_fn
+
+
 def init_params(model: Decoder, rng: Array):
   """Initialises parameters in their sharded layout (see ``sharding.sharded_init``).
 
   Returns:
     ``(params, logical_axes)``: the plain parameter pytree and its logical axis names.
   """
-  def init_fn(key):
-    ones = jnp.ones((1, 1), jnp.int32)
-    return model.init(key, ones, ones, ones.astype(bool))['params']
+  return sharded_init(_init_fn(model), model.mesh_rules, rng)
 
-  return sharded_init(init_fn, model.mesh_rules, rng)
+
+def abstract_params(model: Decoder):
+  """``(shapes, logical_axes)``: the parameter tree as ``ShapeDtypeStruct``s, computing nothing."""
+  boxed = jax.eval_shape(_init_fn(model), jax.random.key(0))
+  return nn.meta.unbox(boxed), logical_axes_of(boxed)
 
 
 def positions_from_valid(valid: Array) -> Array:

@@ -119,6 +119,75 @@ TEMPLATES: dict[str, ChatTemplate] = {
 }
 
 
+class JinjaChatTemplate:
+  """A checkpoint's own chat template (the Jinja source Hugging Face and GGUF files carry).
+
+  It is rendered exactly as ``transformers``' ``apply_chat_template`` would render it. The
+  tokens between the two attempts are what the template puts after an assistant turn
+  holding attempt 1 and before the next assistant turn; the token that closes an assistant
+  turn (``<|im_end|>``, ``<end_of_turn>``, ...) becomes a stop token.
+  """
+
+  name = 'checkpoint'
+  _SENTINEL = '\x00attempt\x00'
+
+  def __init__(self, source: str):
+    import jinja2.sandbox  # pylint: disable=g-import-not-at-top
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals['raise_exception'] = _raise_template_error
+    env.globals['strftime_now'] = lambda fmt: __import__('time').strftime(fmt)
+    try:
+      self._template = env.from_string(source)
+    except jinja2.TemplateError as e:
+      raise ValueError(f'The checkpoint\'s chat template does not parse: {e}') from None
+    self.source = source
+
+  def render(self, tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool):
+    specials = {}
+    for name, token in (('bos_token', tokenizer.bos_id), ('eos_token', tokenizer.eos_id)):
+      specials[name] = tokenizer.id_to_piece(token) if token is not None else ''
+    return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                 **specials)
+
+  def encode_prompt(self, tokenizer: Tokenizer, user: str, system: str | None = None):
+    messages = ([{'role': 'system', 'content': system}] if system else []) + [
+        {'role': 'user', 'content': user}]
+    return tokenizer.encode(self.render(tokenizer, messages, add_generation_prompt=True))
+
+  def _after_attempt(self, tokenizer: Tokenizer, instruction: str | None) -> list[int]:
+    """Token ids the template puts after an assistant turn holding attempt 1."""
+    messages = [{'role': 'user', 'content': 'problem'},
+                {'role': 'assistant', 'content': self._SENTINEL}]
+    if instruction is not None:
+      messages.append({'role': 'user', 'content': instruction})
+    text = self.render(tokenizer, messages, add_generation_prompt=instruction is not None)
+    if text.count(self._SENTINEL) != 1:
+      raise ValueError('The checkpoint\'s chat template does not render assistant turns '
+                       'verbatim; name a built-in template with --config.task.template.')
+    return tokenizer.encode(text.split(self._SENTINEL, 1)[1])
+
+  def _turn_end(self, tokenizer: Tokenizer) -> int | None:
+    """The id that closes an assistant turn, when the template closes it with one token."""
+    after = self._after_attempt(tokenizer, None)
+    if after and tokenizer.decode(after[:1]) == '':  # A special token (decodes to nothing).
+      return after[0]
+    return None
+
+  def encode_instruction(self, tokenizer: Tokenizer, instruction: str) -> list[int]:
+    ids = self._after_attempt(tokenizer, instruction)
+    end = self._turn_end(tokenizer)
+    # Attempt 1 ends with the turn-closing token the model generated; what follows is ours.
+    return ids[1:] if end is not None and ids[:1] == [end] else ids
+
+  def stop_tokens(self, tokenizer: Tokenizer) -> tuple[int, ...]:
+    end = self._turn_end(tokenizer)
+    return tuple(dict.fromkeys(([end] if end is not None else []) + [tokenizer.eos_id]))
+
+
+def _raise_template_error(message: str):
+  raise ValueError(f'The checkpoint\'s chat template refused the conversation: {message}')
+
+
 def get_template(name: str) -> ChatTemplate:
   if name not in TEMPLATES:
     raise ValueError(f'Unknown chat template {name!r}; known templates: {sorted(TEMPLATES)}.')
