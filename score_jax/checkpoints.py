@@ -20,6 +20,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from score_jax import config_lib
+from score_jax.model import init_params
+from score_jax.train_steps import TrainState, make_optimizer
+
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
@@ -81,3 +85,32 @@ class Checkpointer:
           f'No checkpoint{"" if step is None else f" at step {step}"} in {self.directory}; '
           f'saved steps: {self.all_steps() or "none"}.')
     return step
+
+
+def checkpoint_dir(path: str) -> tuple[str, str]:
+  """(workdir, checkpoints directory) for a workdir or a checkpoints directory path."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path, os.path.join(path, 'checkpoints')
+  if os.path.isdir(path):
+    return os.path.dirname(path), path
+  raise FileNotFoundError(f'No checkpoint directory at {path!r}.')
+
+
+def restore_models(config, experiment, checkpointer: Checkpointer, meta: dict):
+  """(policy params, reference params or None) of the step ``meta`` describes.
+
+  Args:
+    config: the run's config (it says which optimizer state the checkpoint holds).
+    experiment: the ``Experiment`` the config builds (model and mesh).
+    checkpointer: open on the run's checkpoints directory.
+    meta: that step's metadata (``checkpointer.read_meta``).
+  """
+  phases = config_lib.parse_schedule(meta['schedule'])
+  kind = phases[min(meta['phase_index'], len(phases) - 1)][0]
+  section = config.sft if kind == 'sft' else config.rl
+  params, _ = init_params(experiment.model('train'), jax.random.key(0))
+  target = abstract_like(TrainState.create(params, make_optimizer(section.optimizer)))
+  reference_target = abstract_like(params) if meta['has_reference'] else None
+  state, reference, _ = checkpointer.restore(target, reference_target, meta['global_step'])
+  return state.params, reference

@@ -84,9 +84,17 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collection
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
 
 
-def build_model_config(model: ml_collections.ConfigDict | dict) -> ModelConfig:
-  """Validates ``config.model`` and turns it into the frozen ``ModelConfig``."""
+def build_model_config(model: ml_collections.ConfigDict | dict,
+                       architecture: dict[str, Any] | None = None) -> ModelConfig:
+  """Validates ``config.model`` and turns it into the frozen ``ModelConfig``.
+
+  Args:
+    model: the ``config.model`` section.
+    architecture: the architecture of an imported checkpoint; it replaces the matching
+      fields of ``model`` (whose run settings, such as dtypes, still apply).
+  """
   values = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
+  values.update(architecture or {})
   return ModelConfig.from_mapping(values)
 
 
@@ -118,6 +126,11 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model_preset = 'tiny'
   c.model = model_config('tiny')
+  # Weights to start from: a Hugging Face checkpoint directory or a .gguf file. Empty: random
+  # initialisation. When set, the architecture and the tokenizer come from the checkpoint;
+  # of config.model only the run settings (dtype, param_dtype, scan_layers, remat_policy)
+  # apply, and task.template='checkpoint' uses the checkpoint's own chat template.
+  c.init_from = ''
   c.mesh = mesh_config()
   c.task = ml_collections.ConfigDict(dict(
       name='toy_arith', template='plain', instruction='', system_prompt='', data_dir='',

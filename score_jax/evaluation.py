@@ -33,8 +33,12 @@ class Evaluator:
     self._rollout = make_rollout_fn(self.model, experiment.spec)
 
   def run(self, params, examples: Sequence[Any], sampling: SamplingParams | None = None,
-          seed: int = 0, progress: bool = False) -> dict:
-    """Returns the metrics dict (acc_t1, acc_t2, delta, delta_i2c, delta_c2i, …)."""
+          seed: int = 0, progress: bool = False, samples: list | None = None) -> dict:
+    """Returns the metrics dict (acc_t1, acc_t2, delta, delta_i2c, delta_c2i, …).
+
+    When ``samples`` is a list, one dict per problem (id, both attempts, both rewards) is
+    appended to it.
+    """
     exp = self.experiment
     sampling = sampling or SamplingParams.greedy()
     r1, r2, texts = [], [], []
@@ -54,6 +58,9 @@ class Evaluator:
         print(f'  evaluated {done}/{len(examples)} problems '
               f'({time.perf_counter() - start:.0f}s)', flush=True)
     r1, r2 = np.concatenate(r1), np.concatenate(r2)
+    if samples is not None:
+      samples.extend(dict(id=str(e.id), attempt1=a, attempt2=b, reward1=float(x), reward2=float(y))
+                     for e, (a, b), x, y in zip(examples, texts, r1, r2))
     result = sc_metrics.self_correction_metrics(r1, r2)
     result.update(sc_metrics.edit_statistics(
         [a for a, _ in texts], [b for _, b in texts], exp.task.extract_answer))

@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 
 from score_jax import config_lib, sharding, tasks
-from score_jax.model import Decoder, ModelConfig
+from score_jax.model import Decoder, ModelConfig, abstract_params, init_params
 from score_jax.sampling import RolloutSpec, pack_prompts
-from score_jax.sampling.templates import ChatTemplate, get_template
+from score_jax.sampling.templates import ChatTemplate, JinjaChatTemplate, get_template
 from score_jax.tokenizer import Tokenizer
 
 
@@ -36,12 +36,21 @@ class Experiment:
   mesh: jax.sharding.Mesh
   train_examples: Sequence[Any]
   test_examples: Sequence[Any]
+  pretrained: Any = None  # The checkpoint ``config.init_from`` names (score_jax.convert).
   _prompt_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, workdir: str,
-                  mesh: jax.sharding.Mesh | None = None) -> 'Experiment':
+                  mesh: jax.sharding.Mesh | None = None,
+                  with_train_split: bool = True) -> 'Experiment':
     """Builds (or loads, when cached) the data and tokenizer and checks that they fit.
+
+    Args:
+      config: a validated training config.
+      workdir: the run's directory (data go under ``workdir/data`` unless the config
+        names a data directory).
+      mesh: the device mesh (default: the one ``config.mesh`` describes).
+      with_train_split: load the training split too (evaluation does not need it).
 
     Raises:
       ValueError: a setting that does not fit the data, e.g. prompts longer than the
@@ -49,10 +58,23 @@ class Experiment:
     """
     data_dir = config.task.data_dir or os.path.join(workdir, 'data')
     task = tasks.get_task(config.task.name, **_task_options(config.task))
-    train_examples = task.load_split(config.task.train_split, data_dir)
+    # Evaluation needs no training data (HumanEval, for one, has only a test split).
+    train_examples = (task.load_split(config.task.train_split, data_dir)
+                      if with_train_split else [])
     test_examples = task.load_split(config.task.test_split, data_dir)
-    tokenizer = task.tokenizer(data_dir)
-    template = get_template(config.task.template)
+    pretrained = None
+    if config.get('init_from'):
+      from score_jax import convert  # pylint: disable=g-import-not-at-top
+      pretrained = convert.open_pretrained(config.init_from)
+    if pretrained is not None and pretrained.tokenizer is not None:
+      tokenizer = pretrained.tokenizer
+    else:
+      tokenizer = task.tokenizer(data_dir)
+    if tokenizer is None:
+      raise ValueError(
+          f'Task {config.task.name!r} uses the model\'s tokenizer, and none was given: set '
+          f'--config.init_from to a checkpoint that has one.')
+    template = _template(config.task.template, pretrained)
     instruction = task.instruction_text(config.task.instruction)
     rollout = config.rollout
     spec = RolloutSpec(
@@ -61,7 +83,8 @@ class Experiment:
         instruction_tokens=tuple(template.encode_instruction(tokenizer, instruction)),
         attempt2_len=rollout.attempt2_len, instruction_len=rollout.instruction_len,
         pad_id=tokenizer.pad_id, top_k=rollout.top_k, vocab_size=tokenizer.vocab_size)
-    model_config = config_lib.build_model_config(config.model)
+    model_config = config_lib.build_model_config(
+        config.model, pretrained.architecture if pretrained is not None else None)
     if model_config.vocab_size < tokenizer.vocab_size:
       raise ValueError(
           f'model.vocab_size ({model_config.vocab_size}) is smaller than the tokenizer\'s '
@@ -69,7 +92,8 @@ class Experiment:
     experiment = cls(config=config, task=task, tokenizer=tokenizer, template=template,
                      instruction=instruction, spec=spec, model_config=model_config,
                      mesh=mesh if mesh is not None else config_lib.build_mesh(config.mesh),
-                     train_examples=train_examples, test_examples=test_examples)
+                     train_examples=train_examples, test_examples=test_examples,
+                     pretrained=pretrained)
     experiment.check_prompts_fit()
     return experiment
 
@@ -78,6 +102,15 @@ class Experiment:
   def model(self, rules: str = 'train') -> Decoder:
     """The decoder under the training or the sampling rule set of the mesh."""
     return Decoder(self.model_config, sharding.MeshRules(self.mesh, sharding.RULE_SETS[rules]))
+
+  def initial_params(self, seed: int):
+    """``(params, logical_axes)`` in the training layout: the imported checkpoint's
+    weights when the config names one, else a seeded random initialisation."""
+    model = self.model('train')
+    if self.pretrained is None:
+      return init_params(model, jax.random.key(seed))
+    params = self.pretrained.load_params(self.model_config, model.mesh_rules)
+    return params, abstract_params(model)[1]
 
   def rollout_spec(self, two_turns: bool = True) -> RolloutSpec:
     if two_turns:
@@ -110,6 +143,16 @@ class Experiment:
             f'The {split} prompt of example {longest[1]!r} has {longest[0]} tokens but '
             f'rollout.prompt_len is {self.spec.prompt_len}; raise --config.rollout.prompt_len '
             f'to at least {longest[0]}.')
+
+
+def _template(name: str, pretrained) -> ChatTemplate | JinjaChatTemplate:
+  """A built-in template by name, or (name 'checkpoint') the checkpoint's own."""
+  if name != JinjaChatTemplate.name:
+    return get_template(name)
+  if pretrained is None or not pretrained.chat_template:
+    raise ValueError("task.template='checkpoint' needs a checkpoint with a chat template in "
+                     "--config.init_from; otherwise name a built-in template.")
+  return JinjaChatTemplate(pretrained.chat_template)
 
 
 def _task_options(task_config: ml_collections.ConfigDict) -> dict:

@@ -43,7 +43,6 @@ from score_jax.checkpoints import Checkpointer, abstract_like
 from score_jax.compilation import count_compilations
 from score_jax.evaluation import Evaluator
 from score_jax.experiment import Experiment
-from score_jax.model import init_params
 from score_jax.sampling import SamplingParams, make_rollout_fn, pack_trajectories
 from score_jax.sampling.templates import attempt_texts
 from score_jax.train_steps import (RLStepConfig, TrainState, make_optimizer, make_rl_step,
@@ -86,7 +85,7 @@ class Trainer:
     c = config
 
     # ---- parameters, born sharded ------------------------------------------------------------
-    params, axes = init_params(self.train_model, jax.random.key(c.seed))
+    params, axes = experiment.initial_params(c.seed)
     self.params = params
     sample_shardings = self.sample_model.mesh_rules.shardings(axes, params)
     # Sampling reads weights at every token: gather them once per rollout instead.
