@@ -266,3 +266,32 @@ def test_gguf_export_loads_in_transformers_with_its_tokenizer(smollm2, tmp_path)
   ids = np.asarray([pretrained.tokenizer.encode(text)])
   np.testing.assert_allclose(_hf_logits(loaded, ids)[0, -1], _hf_logits(reference, ids)[0, -1],
                              atol=1e-3, rtol=0)
+
+
+def test_tokenizer_files_beside_the_weights(family_case, tmp_path):
+  """tokenizer.json with its special tokens and chat template; else a sentencepiece model."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from score_jax.tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
+  _, _, _, directory, _, _ = family_case
+  with_json = tmp_path / 'with_json'
+  shutil.copytree(directory, with_json)
+  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {'<unk>': 0, '<s>': 1, '</s>': 2, 'hello': 3, 'world': 4}, unk_token='<unk>'))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  backend.add_special_tokens(['<s>', '</s>'])
+  backend.save(str(with_json / 'tokenizer.json'))
+  (with_json / 'tokenizer_config.json').write_text(
+      '{"bos_token": "<s>", "eos_token": {"content": "</s>"}, "chat_template": "{{ bos_token }}"}')
+  pretrained = open_pretrained(str(with_json))
+  assert (pretrained.tokenizer.bos_id, pretrained.tokenizer.eos_id) == (1, 2)
+  assert pretrained.tokenizer.encode('hello world</s>') == [3, 4, 2]
+  assert pretrained.chat_template == '{{ bos_token }}'
+
+  with_model = tmp_path / 'with_model'
+  shutil.copytree(directory, with_model)
+  sp = SentencePieceTokenizer.train(['hello world'] * 50 + ['hello there'] * 50, vocab_size=30)
+  sp.save(str(with_model / 'tokenizer.model'))
+  tokenizer = open_pretrained(str(with_model)).tokenizer
+  assert isinstance(tokenizer, SentencePieceTokenizer)
+  assert tokenizer.encode('hello world') == sp.encode('hello world')

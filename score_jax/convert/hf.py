@@ -23,7 +23,7 @@ from score_jax.convert.layout import FAMILIES, family_of
 from score_jax.convert.params import checkpoint_tensors, load_params
 from score_jax.model import ModelConfig
 from score_jax.sharding import MeshRules
-from score_jax.tokenizer import HuggingFaceTokenizer
+from score_jax.tokenizer import HuggingFaceTokenizer, SentencePieceTokenizer
 
 ARCHITECTURES = {
     'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM', 'gemma': 'GemmaForCausalLM',
@@ -241,7 +241,11 @@ def _special(value) -> str | None:
 
 
 def _read_tokenizer(path: str, hf_config: dict):
-  """(tokenizer or None, chat template or None) from the files beside the weights."""
+  """(tokenizer or None, chat template or None) from the files beside the weights.
+
+  ``tokenizer.json`` is preferred; a sentencepiece ``tokenizer.model`` is used when it is the
+  only one (its special ids are its own).
+  """
   tokenizer_path = os.path.join(path, 'tokenizer.json')
   settings: dict = {}
   settings_path = os.path.join(path, 'tokenizer_config.json')
@@ -256,6 +260,9 @@ def _read_tokenizer(path: str, hf_config: dict):
   if isinstance(template, list):  # Several named templates: use the default one.
     template = next((t['template'] for t in template if t.get('name') == 'default'), None)
   if not os.path.exists(tokenizer_path):
+    sentencepiece_path = os.path.join(path, 'tokenizer.model')  # Older Gemma and Llama 2 repos.
+    if os.path.exists(sentencepiece_path):
+      return SentencePieceTokenizer.load(sentencepiece_path), template
     return None, template
 
   import tokenizers  # pylint: disable=g-import-not-at-top
