@@ -29,9 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model_preset = 'llama3_1_405b'
   # bfloat16 parameters (and so Adam moments): float32 ones would make the sampling copy of
-  # the weights 101 GiB per chip at tensor=16. Caveat: a bfloat16 weight ignores relative
-  # updates below about 2^-9, so at a learning rate of 5e-6 many updates round away; see
-  # docs/aot.md for what would make float32 master weights fit.
+  # the weights 109 GiB per chip at tensor=16. Caveat: a bfloat16 weight ignores updates
+  # below about 2^-8 (0.4%) of its size, so at a learning rate of 5e-6 most updates round
+  # away; docs/aot.md says what would let float32 master weights fit.
   config.model = config_lib.model_config(
       'llama3_1_405b', param_dtype='bfloat16', dtype='bfloat16', scan_layers=True,
       remat_policy='full')
