@@ -79,7 +79,8 @@ def main(argv):
                       source=source if isinstance(source, hf.HuggingFaceCheckpoint) else None)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'score_jax.convert: {e}') from None
-  print(f'wrote {", ".join(files)} and config.json to {os.path.abspath(_OUTPUT.value)} '
+  written = sorted(set(os.listdir(_OUTPUT.value)) - set(files))
+  print(f'wrote {", ".join(files + written)} to {os.path.abspath(_OUTPUT.value)} '
         f'in {time.perf_counter() - start:.1f} s')
   if tokenizer is None:
     print('no Hugging Face tokenizer to write (the source has none): add tokenizer files '
