@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import math
 import re
@@ -187,13 +188,11 @@ def abstract_train_state(params, tx: optax.GradientTransformation, rules: shardi
 
 
 def abstract_rollout(batch: int, length: int, rules: sharding.MeshRules) -> Rollout:
-  rows = rules.sharding(('batch', 'length'), (batch, length))
-  return Rollout(tokens=_sds((batch, length), jnp.int32, rows),
-                 valid=_sds((batch, length), bool, rows),
-                 positions=_sds((batch, length), jnp.int32, rows),
-                 segments=_sds((batch, length), jnp.int32, rows),
-                 logprobs=_sds((batch, length), jnp.float32, rows),
-                 stopped=_sds((batch, 2), bool, rules.sharding(('batch', None), (batch, 2))))
+  """A rollout batch as the update receives it: rows split like the rollout's output."""
+  row = lambda dtype, width=length: _sds((batch, width), dtype, rules.sharding(
+      ('batch', 'length'), (batch, width)))
+  return Rollout(tokens=row(jnp.int32), valid=row(bool), positions=row(jnp.int32),
+                 segments=row(jnp.int32), logprobs=row(jnp.float32), stopped=row(bool, 2))
 
 
 def abstract_key(rules: sharding.MeshRules):
@@ -255,8 +254,8 @@ def update_flops(c: ModelConfig, config: ml_collections.ConfigDict, batch: int,
   recompute = 2 * head * tokens  # Log-prob chunks are checkpointed.
   if c.remat_policy == 'full':
     recompute += 2 * body * tokens + attention
-  elif c.remat_policy != 'none':
-    recompute += attention  # Dot outputs are saved; the softmax path is recomputed.
+  elif c.remat_policy == 'dots_no_batch':
+    recompute += attention  # Weight matmuls are saved; batched (attention) dots are not.
   return dict(model=model, executed=model + epochs * recompute)
 
 
@@ -307,10 +306,14 @@ def _out_of_memory_summary(message: str) -> str:
   for line in lines:
     if 'memory space vmem' in line:
       op = re.search(r'op_name="([^"]+)"', line)
-      return ('on-chip VMEM too small for a fusion' +
-              (f' in {op.group(1).split("/")[-2:][0]}/{op.group(1).split("/")[-1]}' if op else '') +
-              ' (XLA error E1001; different per-chip shapes avoid it)')
+      where = ' in ' + '/'.join(op.group(1).split('/')[-2:]) if op else ''
+      return (f'on-chip VMEM too small for a fusion{where} (XLA error E1001; other per-chip '
+              'shapes avoid it)')
   return lines[0][:300] if lines else 'RESOURCE_EXHAUSTED'
+
+
+def _say(line: str) -> None:
+  print(line, flush=True)  # Progress lines: compiles take minutes.
 
 
 @contextlib.contextmanager
@@ -321,7 +324,7 @@ def _ticking(what: str, every_s: float = 30.0):
 
   def tick():
     while not stop.wait(every_s):
-      print(f'  ... still compiling {what} ({time.perf_counter() - start:.0f} s)', flush=True)
+      _say(f'  ... still compiling {what} ({time.perf_counter() - start:.0f} s)')
 
   thread = threading.Thread(target=tick, daemon=True)
   thread.start()
@@ -334,7 +337,7 @@ def _ticking(what: str, every_s: float = 30.0):
 
 def compile_program(name: str, fn: Callable, *args) -> Program:
   """Lowers and compiles ``fn`` for the abstract ``args``; records its memory analysis."""
-  print(f'compiling the {name} ...', flush=True)
+  _say(f'compiling the {name} ...')
   start = time.perf_counter()
   try:
     with _ticking(name):
@@ -345,8 +348,8 @@ def compile_program(name: str, fn: Callable, *args) -> Program:
       raise
     program = Program(name, time.perf_counter() - start,
                       out_of_memory=_out_of_memory_summary(message))
-    print(f'  the compiler ran out of memory after {program.seconds:.0f} s: '
-          f'{program.out_of_memory}', flush=True)
+    _say(f'  the compiler ran out of memory after {program.seconds:.0f} s: '
+         f'{program.out_of_memory}')
     return program
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
@@ -354,8 +357,7 @@ def compile_program(name: str, fn: Callable, *args) -> Program:
                     outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
                     temporaries=memory.temp_size_in_bytes,
                     code=memory.generated_code_size_in_bytes)
-  print(f'  compiled in {seconds:.0f} s: {program.peak / GIB:.2f} GiB per chip at peak',
-        flush=True)
+  _say(f'  compiled in {seconds:.0f} s: {program.peak / GIB:.2f} GiB per chip at peak')
   return program
 
 
@@ -384,7 +386,7 @@ def first_rl_phase(phases: list[tuple[str, int]]) -> tuple[str, int]:
                    f'got {[kind for kind, _ in phases]}.')
 
 
-def check(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> Result:
+def check(config: ml_collections.ConfigDict) -> Result:
   """Compiles the config's RL update and rollout for its slice and sizes both per chip."""
   phases = config_lib.validate_train_config(config)
   kind, phase_steps = first_rl_phase(phases)
@@ -402,17 +404,18 @@ def check(config: ml_collections.ConfigDict, log: Callable[[str], None] = print)
   batch, length = config.rl.batch_size, spec.total_len
   data_ways = mesh.shape['data'] * mesh.shape['fsdp']
   c = model_config
-  log(f'slice {tpu.name} (topology {tpu.topology}, {tpu.num_chips} chips of {tpu.hbm_gib:g} GiB '
-      f'HBM, {tpu.peak_tflops:g} bf16 TFLOP/s); mesh data={mesh.shape["data"]} '
-      f'fsdp={mesh.shape["fsdp"]} tensor={mesh.shape["tensor"]}')
-  log(f'model {config.get("model_preset", "?")}: {c.num_params() / 1e9:.2f} B parameters, '
-      f'params {c.param_dtype}, compute {c.dtype}, remat {c.remat_policy}, '
-      f'{"scanned" if c.scan_layers else "unrolled"} layers')
-  log(f'phase {kind}: {batch} rollouts x {length} slots (prompt {spec.prompt_len}, attempt 1 '
-      f'{spec.attempt1_len}, instruction {spec.instruction_width}, attempt 2 '
-      f'{spec.attempt2_len}); {batch / data_ways:g} rows per chip; rl.algorithm '
-      f'{config.rl.algorithm}, {config.rl.ppo_epochs} epoch(s) x {config.rl.minibatches} '
-      f'minibatch(es)')
+  versions = f'jax {jax.__version__}, libtpu {importlib.metadata.version("libtpu")}'
+  _say(f'slice {tpu.name} (topology {tpu.topology}, {tpu.num_chips} chips of {tpu.hbm_gib:g} '
+       f'GiB HBM, {tpu.peak_tflops:g} bf16 TFLOP/s); mesh data={mesh.shape["data"]} '
+       f'fsdp={mesh.shape["fsdp"]} tensor={mesh.shape["tensor"]}; {versions}')
+  _say(f'model {config.get("model_preset", "?")}: {c.num_params() / 1e9:.2f} B parameters, '
+       f'params {c.param_dtype}, compute {c.dtype}, remat {c.remat_policy}, '
+       f'{"scanned" if c.scan_layers else "unrolled"} layers')
+  _say(f'phase {kind}: {batch} rollouts x {length} slots (prompt {spec.prompt_len}, attempt 1 '
+       f'{spec.attempt1_len}, instruction {spec.instruction_width}, attempt 2 '
+       f'{spec.attempt2_len}); {batch / data_ways:g} rows per chip; rl.algorithm '
+       f'{config.rl.algorithm}, {config.rl.ppo_epochs} epoch(s) x {config.rl.minibatches} '
+       f'minibatch(es)')
 
   params_shape, axes = abstract_params(train_model)
   params = _with_shardings(params_shape, train_rules.shardings(axes, params_shape))
@@ -449,7 +452,7 @@ def check(config: ml_collections.ConfigDict, log: Callable[[str], None] = print)
   hbm = int(tpu.hbm_gib * GIB)
   flops = dict(update=update_flops(c, config, batch, length),
                rollout=rollout_flops(c, spec, batch))
-  seconds = _implied_seconds(tpu, flops, sizes)
+  seconds = _implied_seconds(tpu, c, flops, sizes)
   failed = [key for key, program in programs.items() if program.out_of_memory]
   worst = max(phase_peaks, key=phase_peaks.get)
   if failed:
@@ -467,12 +470,15 @@ def check(config: ml_collections.ConfigDict, log: Callable[[str], None] = print)
                 phase_peaks[worst] <= hbm)
 
 
-def _implied_seconds(tpu: Slice, flops: dict, sizes: dict[str, int]) -> dict[str, float]:
+def _implied_seconds(tpu: Slice, c: ModelConfig, flops: dict,
+                     sizes: dict[str, int]) -> dict[str, float]:
   """Lower bounds on time: FLOPs at the slice's peak rate; a decode step also has to read
-  its sampling weights and the whole KV cache from HBM once."""
+  the weights (in the compute dtype: the rollout converts float32 ones once) and the whole
+  KV cache from HBM."""
   peak = tpu.peak_tflops * 1e12 * tpu.num_chips
   roll = flops['rollout']
-  read_s = (sizes['sampling_copy'] + sizes['kv_cache']) / (tpu.hbm_gbps * 1e9)
+  weights = sizes['sampling_copy'] * min(1.0, c.jnp_dtype.itemsize / c.jnp_param_dtype.itemsize)
+  read_s = (weights + sizes['kv_cache']) / (tpu.hbm_gbps * 1e9)
   decode_s = roll['decode_steps'] * max(roll['decode_step'] / peak, read_s)
   out = dict(update=flops['update']['executed'] / peak,
              rollout=roll['prefill'] / peak + decode_s, decode_read=roll['decode_steps'] * read_s)
@@ -529,7 +535,7 @@ def format_report(result: Result) -> list[str]:
   for key, label in (('update', 'RL update'), ('rollout', 'rollout')):
     program = p[key]
     if program.out_of_memory:
-      lines.append(f'  {label:22} out of HBM: {program.out_of_memory}')
+      lines.append(f'  {label:22} out of memory: {program.out_of_memory}')
       continue
     lines.append(f'  {label:22} {gib(program.peak)}   (arguments {program.arguments / GIB:.2f}, '
                  f'outputs {program.outputs / GIB:.2f}, aliased {program.aliased / GIB:.2f}, '
@@ -559,7 +565,7 @@ def main(argv):
   config_lib.quiet_library_logs()
   require_libtpu()
   try:
-    result = check(_CONFIG.value, log=lambda line: print(line, flush=True))
+    result = check(_CONFIG.value)
   except ValueError as e:
     raise SystemExit(f'Invalid config: {e}') from None
   for line in format_report(result):
