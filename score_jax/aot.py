@@ -141,9 +141,13 @@ class Slice:
     dims = [int(d) for d in self.topology.split('x')] + [1]
     # A slice smaller than one host's chips is driven by one host.
     bounds = tuple(min(d, b) for d, b in zip(dims, self.chips_per_host_bounds))
-    topology = topologies.get_topology_desc(
-        topology_name=f'{prefix}:{self.topology}', platform='tpu',
-        chip_config_name=self.chip_config_name, chips_per_host_bounds=bounds, num_slices=1)
+    try:
+      topology = topologies.get_topology_desc(
+          topology_name=f'{prefix}:{self.topology}', platform='tpu',
+          chip_config_name=self.chip_config_name, chips_per_host_bounds=bounds, num_slices=1)
+    except jax.errors.JaxRuntimeError as e:
+      raise ValueError(f'tpu.topology {self.topology!r} ({self.generation}) is not a slice libtpu '
+                       f'knows: {str(e).splitlines()[0]}') from None
     return list(topology.devices)
 
 

@@ -154,3 +154,11 @@ def test_compiler_out_of_memory_does_not_fit():
       lines[-1])
   assert 'exceeds available HBM (15.75G)' in lines[-1]
   assert 'rl.minibatches=4' in lines[-1]  # What to change: twice the tiny config's 2.
+
+
+@pytest.mark.aot
+@needs_libtpu
+def test_unknown_topology_is_a_config_error():
+  code, _, stderr = run_aot('--config=configs/gemma2_2b.py:tiny', '--config.tpu.topology=3x5')
+  assert code == 1
+  assert "Invalid config: tpu.topology '3x5' (v5e) is not a slice libtpu knows" in stderr
