@@ -24,65 +24,11 @@ from score_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, tiny=False)
-  config = config_lib.base_train_config()
-  config.seed = 0
-
-  config.model_preset = 'gemma2_9b'
-  config.model = config_lib.model_config(
-      'gemma2_9b', param_dtype='float32', dtype='bfloat16', scan_layers=True,
-      remat_policy='full')
-  config.tpu = aot.tpu_config('v5p', '2x4x4')  # v5p-64
-  config.mesh = config_lib.mesh_config(data=1, fsdp=8, tensor=4)
-
-  config.task.name = 'math'
-  config.task.template = 'gemma'
-  config.task.instruction = 'paper_math'
-  config.task.path = ''  # The MATH directory or JSONL file (--config.task.path=...).
-  config.task.heldout_ids = ''  # MATH500's ids (its test.jsonl), held out for evaluation.
-  # MATH slot widths: the paper's first-turn prompt plus a problem, two worked solutions, and
-  # the paper's self-correction instruction (about 90 tokens in the chat template).
-  config.rollout.prompt_len = 512
-  config.rollout.attempt1_len = 1024
-  config.rollout.instruction_len = 128
-  config.rollout.attempt2_len = 1024
-  config.rollout.temperature = 1.0
-
-  config.schedule = 'stage1:1000,stage2:2000'
-  config.rl.batch_size = 512
-  config.rl.num_samples = 4  # Not reported in the paper; RLOO needs at least 2.
-  # One pass over the 512 rollouts in two minibatches (64 rows per chip in one update would
-  # not fit): the first is exactly on-policy, the others importance-corrected and clipped.
-  config.rl.algorithm = 'ppo'
-  config.rl.ppo_epochs = 1
-  config.rl.minibatches = 2
-  config.rl.optimizer.learning_rate = 5e-6
-  config.rl.optimizer.warmup_steps = 20
-  config.rl.alpha = 10.0
-  config.rl.beta1 = 0.01
-  config.rl.beta2 = 0.1
-  config.logprob_chunk = 128
-
-  config.eval.every_steps = 250
-  config.eval.num_problems = 500
-  config.eval.batch_size = 128
-  config.checkpoint.every_steps = 100
-  config.log_every_steps = 10
-
+  config = config_lib.paper_math_config(
+      preset='gemma2_9b', template='gemma',
+      tpu=aot.tpu_config('v5p', '2x4x4'),  # v5p-64
+      mesh=config_lib.mesh_config(data=1, fsdp=8, tensor=4),
+      minibatches=2)
   if args.tiny:
-    config.model_preset = 'tiny_gemma2'
-    config.model = config_lib.model_config(
-        'tiny_gemma2', param_dtype='float32', dtype='bfloat16', scan_layers=True,
-        remat_policy='full')
-    _shrink_for_tests(config)
+    config_lib.shrink_for_aot_test(config, 'tiny_gemma2', aot.tpu_config('v5e', '2x2'))
   return config
-
-
-def _shrink_for_tests(config: ml_collections.ConfigDict) -> None:
-  config.tpu = aot.tpu_config('v5e', '2x2')
-  config.mesh = config_lib.mesh_config(data=1, fsdp=-1, tensor=1)
-  config.rollout.prompt_len = 16
-  config.rollout.attempt1_len = 32
-  config.rollout.instruction_len = 8
-  config.rollout.attempt2_len = 32
-  config.rl.batch_size = 8 * config.rl.minibatches  # 2 rows per chip in each minibatch.
-  config.eval.batch_size = 16
