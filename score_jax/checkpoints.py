@@ -14,6 +14,7 @@ carry shardings, so a run can resume on a different mesh than it was saved from.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -30,6 +31,21 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
       tree)
+
+
+def abstract_train_state(params: Any, tx) -> Any:
+  """The restore target of ``TrainState.create(params, tx)``, without allocating it.
+
+  Leaves carry the shardings the jitted ``create`` gives them, so the scalars (step, optimizer
+  counts) come back replicated over the mesh of the parameters rather than on one device, as
+  the jitted update steps (and every process of a multi-host run) need.
+  """
+  create = jax.jit(functools.partial(TrainState.create, tx=tx))
+  shapes = jax.eval_shape(create, params)
+  shardings = create.lower(params).compile().output_shardings
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                sharding=sharding),
+                      shapes, shardings)
 
 
 class Checkpointer:
@@ -110,7 +126,7 @@ def restore_models(config, experiment, checkpointer: Checkpointer, meta: dict):
   kind = phases[min(meta['phase_index'], len(phases) - 1)][0]
   section = config.sft if kind == 'sft' else config.rl
   params, _ = init_params(experiment.model('train'), jax.random.key(0))
-  target = abstract_like(TrainState.create(params, make_optimizer(section.optimizer)))
+  target = abstract_train_state(params, make_optimizer(section.optimizer))
   reference_target = abstract_like(params) if meta['has_reference'] else None
   state, reference, _ = checkpointer.restore(target, reference_target, meta['global_step'])
   return state.params, reference

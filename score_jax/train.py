@@ -39,7 +39,7 @@ import numpy as np
 
 from score_jax import config_lib, reporting
 from score_jax import metrics as sc_metrics
-from score_jax.checkpoints import Checkpointer, abstract_like
+from score_jax.checkpoints import Checkpointer, abstract_like, abstract_train_state
 from score_jax.compilation import count_compilations
 from score_jax.evaluation import Evaluator
 from score_jax.experiment import Experiment
@@ -221,7 +221,7 @@ class Trainer:
     progress = {k: meta[k] for k in self._fresh_progress()}
     kind, steps = self.phases[progress['phase_index']]
     tx = self._optimizer(kind, steps)
-    target = abstract_like(TrainState.create(self.params, tx))
+    target = abstract_train_state(self.params, tx)
     reference_target = abstract_like(self.params) if meta['has_reference'] else None
     state, self.reference, _ = self.checkpointer.restore(target, reference_target, step)
     self.params = state.params
