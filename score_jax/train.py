@@ -16,6 +16,18 @@ TensorBoard; checkpoints to ``WORKDIR/checkpoints`` (rerunning the command resum
 latest one, and SIGTERM saves one before exiting); at the end the base and final models are
 evaluated on the held-out problems and ``WORKDIR/summary.json`` and ``WORKDIR/curves.png``
 are written.
+
+Multi-host runs (a TPU slice: every host runs this same command): with
+``SCORE_JAX_DISTRIBUTED=1`` in the environment, ``main`` first calls
+``jax.distributed.initialize()``, which finds the other hosts itself on a TPU VM (and under
+Slurm or Open MPI). To name the job explicitly, e.g. several CPU processes on one machine,
+set ``SCORE_JAX_COORDINATOR=host:port``, ``SCORE_JAX_NUM_PROCESSES`` and
+``SCORE_JAX_PROCESS_ID`` as well (``score_jax/distributed.py``). Every process then packs,
+decodes and scores only its own rows of each batch (the batch axis is split over the mesh
+axes ``data`` and ``fsdp``); metrics are gathered so that all processes agree; only
+process 0 prints and writes metrics, the summary and the plot; every process takes part in
+each checkpoint save and restore, and a SIGTERM on any process stops all of them after the
+same step.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import config_lib, reporting
+from score_jax import config_lib, distributed, reporting
 from score_jax import metrics as sc_metrics
 from score_jax.checkpoints import Checkpointer, abstract_like, abstract_train_state
 from score_jax.compilation import count_compilations
@@ -56,7 +68,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 # Set by the launcher on multi-host TPU slices: the trainer then calls
 # jax.distributed.initialize() before anything else touches JAX.
-DISTRIBUTED_ENV = 'SCORE_JAX_DISTRIBUTED'
+DISTRIBUTED_ENV = distributed.DISTRIBUTED_ENV
 
 
 class _Preempted(Exception):
@@ -73,7 +85,8 @@ class Trainer:
     self.phases = phases
     self.total_steps = sum(steps for _, steps in phases)
     self.exp = experiment
-    self.is_main_process = jax.process_index() == 0
+    self.is_main_process = distributed.is_main_process()
+    self._row_cache: dict[int, np.ndarray] = {}
     # Every SFT phase's traces, tokenised and checked against the slots before any training.
     self.sft_traces = {
         index: self._encode_traces(experiment.task.make_traces(
@@ -165,12 +178,25 @@ class Trainer:
     _, prompts, attempts1, attempts2 = map(list, zip(*chunk))
     return pack_trajectories(self.exp.spec, prompts, attempts1, attempts2)
 
-  def _to_devices(self, tree):
-    """Places host arrays on the mesh, split along their leading (batch) dimension."""
-    rules = self.train_model.mesh_rules
-    return jax.tree.map(
-        lambda x: jax.device_put(x, rules.sharding(('batch',) + (None,) * (x.ndim - 1),
-                                                   x.shape)), tree)
+  def _batch_sharding(self, shape: tuple[int, ...]):
+    """The sharding of a batch-major array: rows split over the mesh axes of 'batch'."""
+    return self.train_model.mesh_rules.sharding(('batch',) + (None,) * (len(shape) - 1), shape)
+
+  def _rows(self, batch_size: int) -> np.ndarray:
+    """The rows of a batch that this process packs, decodes and scores (all of them in a
+    single-process run)."""
+    if batch_size not in self._row_cache:
+      self._row_cache[batch_size] = distributed.row_indices(
+          self._batch_sharding((batch_size,)), (batch_size,))
+    return self._row_cache[batch_size]
+
+  def _to_devices(self, tree, batch_size: int):
+    """Global arrays of ``batch_size`` rows from host arrays of this process's rows."""
+    return distributed.put_rows(tree, batch_size, self._batch_sharding)
+
+  def _gather_rows(self, tree, batch_size: int):
+    """Every process's rows of host arrays, on every process, in batch order."""
+    return distributed.gather_rows(tree, batch_size, self._batch_sharding)
 
   # ---- the run -------------------------------------------------------------------------------
 
@@ -285,13 +311,16 @@ class Trainer:
       with count_compilations() as compilations:
         if kind == 'sft':
           chunk = self._sft_traces(traces, progress['phase_step'])
-          state, step_metrics = step_fn(state, self._to_devices(self._pack_traces(chunk)))
+          local = [chunk[i] for i in self._rows(len(chunk))]
+          state, step_metrics = step_fn(state, self._to_devices(self._pack_traces(local),
+                                                                len(chunk)))
           step_metrics = {f'train/{k}': float(v)
-                          for k, v in jax.device_get(step_metrics).items()}
+                          for k, v in distributed.gather(step_metrics).items()}
           data = _fingerprint(example_id for example_id, *_ in chunk)
         else:
           examples = self._rl_examples(rl_steps_before + progress['phase_step'])
-          state, step_metrics = self._rl_step(step_fn, kind, state, examples, step_key)
+          state, step_metrics, samples = self._rl_step(step_fn, kind, state, examples,
+                                                       step_key)
           data = _fingerprint(e.id for e in examples)
       step_metrics['train/compilations'] = compilations.count
       self._last_state = state
@@ -304,7 +333,8 @@ class Trainer:
       self.params = state.params
       self._track_best(progress, kind, step_metrics)
       window.append(step_metrics)
-      self.writer.write(progress['global_step'], step_metrics, phase=kind, extra=dict(data=data))
+      extra = dict(data=data) if kind == 'sft' else dict(data=data, samples=samples)
+      self.writer.write(progress['global_step'], step_metrics, phase=kind, extra=extra)
 
       if progress['global_step'] % c.log_every_steps == 0 or progress['phase_step'] == num_steps:
         self._progress_line(kind, progress, num_steps, steps_at_start, phase_start, start_wall,
@@ -317,35 +347,56 @@ class Trainer:
       if (progress['global_step'] % c.checkpoint.every_steps == 0 or
           progress['phase_step'] == num_steps):
         self._save(state, progress)
-      if self.preempted:
+      # Every process stops after the same step, so that all of them take part in the save.
+      if distributed.any_process(self.preempted):
         raise _Preempted()
     return state
 
   def _rl_step(self, step_fn, kind: str, state: TrainState, examples: list, key):
+    """One RL step; returns the new state, the step's metrics and a checksum of the sampled
+    tokens (logged, so that runs can be compared sample for sample)."""
     exp = self.exp
     two_turns = kind != 'single_turn'
-    tokens, valid = exp.pack_prompts(examples)
+    batch_size = len(examples)
+    rows = self._rows(batch_size)
+    local_examples = [examples[i] for i in rows]
     rollout_key, update_key = jax.random.split(key)
     sample_params = self.to_sampling_layout(state.params)
-    rollout = self.rollout_fns[two_turns](sample_params, *self._to_devices((tokens, valid)),
-                                          rollout_key, self.sampling)
-    host_rollout = jax.device_get(rollout)
+    prompts = self._to_devices(exp.pack_prompts(local_examples), batch_size)
+    rollout = self.rollout_fns[two_turns](sample_params, *prompts, rollout_key, self.sampling)
+    if not np.array_equal(distributed.row_indices(rollout.tokens.sharding, rollout.tokens.shape),
+                          rows):
+      raise ValueError(f'The rollout\'s rows are laid out as {rollout.tokens.sharding}, not as '
+                       f'the batch sharding the prompts were split by.')
+    # Decoding and scoring (a code sandbox is costly) only for this process's rows.
+    host_rollout = distributed.local_rows(rollout)
     pairs = attempt_texts(host_rollout, exp.tokenizer, exp.spec.stop_tokens)
-    r1 = exp.task.score_batch(examples, [a for a, _ in pairs]).astype(np.float32)
-    r2 = (exp.task.score_batch(examples, [b for _, b in pairs]).astype(np.float32)
+    attempts1, attempts2 = [a for a, _ in pairs], [b for _, b in pairs]
+    r1 = exp.task.score_batch(local_examples, attempts1).astype(np.float32)
+    r2 = (exp.task.score_batch(local_examples, attempts2).astype(np.float32)
           if two_turns else np.zeros_like(r1))
-    state, update_metrics = step_fn(state, self.reference, rollout, *self._to_devices((r1, r2)),
-                                    update_key)
-    out = {f'train/{k}': float(v) for k, v in jax.device_get(update_metrics).items()}
-    out['train/reward_t1'] = float(r1.mean())
-    out['train/reward_t2'] = float(r2.mean())
+    state, update_metrics = step_fn(state, self.reference, rollout,
+                                    *self._to_devices((r1, r2), batch_size), update_key)
+    out = {f'train/{k}': float(v) for k, v in distributed.gather(update_metrics).items()}
+    # Per-row values of the whole batch (every process's rows) for the batch metrics.
+    tokens = np.asarray(host_rollout.tokens)
+    per_row = dict(r1=r1, r2=r2, length=np.asarray(host_rollout.valid).sum(axis=1),
+                   checksum=np.array([zlib.crc32(row.tobytes()) for row in tokens], np.uint32))
     if two_turns:
-      out.update({f'train/{k}': v for k, v in sc_metrics.self_correction_metrics(r1, r2).items()})
-      out.update({f'train/{k}': v for k, v in sc_metrics.edit_statistics(
-          [a for a, _ in pairs], [b for _, b in pairs], exp.task.extract_answer).items()})
-    lengths = np.asarray(host_rollout.valid).sum(axis=1)
-    out['train/tokens_per_row'] = float(lengths.mean())
-    return state, out
+      extract = exp.task.extract_answer
+      per_row['edit_ratio'] = sc_metrics.edit_distance_ratios(attempts1, attempts2)
+      per_row['differ'] = sc_metrics.answers_differ([extract(a) for a in attempts1],
+                                                    [extract(b) for b in attempts2])
+    per_row = self._gather_rows(per_row, batch_size)
+    out['train/reward_t1'] = float(per_row['r1'].mean())
+    out['train/reward_t2'] = float(per_row['r2'].mean())
+    if two_turns:
+      out.update({f'train/{k}': v for k, v in sc_metrics.self_correction_metrics(
+          per_row['r1'], per_row['r2']).items()})
+      out['train/edit_ratio'] = float(per_row['edit_ratio'].mean())
+      out['train/different_answer_rate'] = float(per_row['differ'].mean())
+    out['train/tokens_per_row'] = float(per_row['length'].mean())
+    return state, out, zlib.crc32(per_row['checksum'].astype(np.uint32).tobytes())
 
   def _track_best(self, progress: dict, kind: str, step_metrics: dict) -> None:
     """The paper picks checkpoints by the highest training reward; record where it was."""
@@ -439,14 +490,19 @@ def _write_json(path: str, value: Any) -> None:
 
 def main(argv):
   del argv
-  if os.environ.get(DISTRIBUTED_ENV) == '1':
-    jax.distributed.initialize()  # Before any other JAX call: every host joins the slice.
+  # Before any other JAX call (nothing imported above creates arrays): every host joins.
+  try:
+    distributed.maybe_initialize()
+  except ValueError as e:
+    raise SystemExit(f'Invalid environment: {e}') from None
   config_lib.quiet_library_logs()
   config = _CONFIG.value
   workdir = _WORKDIR.value
   try:
     phases = config_lib.validate_train_config(config)
-    experiment = Experiment.from_config(config, workdir)
+    # Process 0 builds the data (and tokenizer) under the workdir first; the others read them.
+    with distributed.main_process_first('data'):
+      experiment = Experiment.from_config(config, workdir)
     trainer = Trainer(config, workdir, phases, experiment)
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     raise SystemExit(f'Invalid config: {e}') from None
