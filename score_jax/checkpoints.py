@@ -20,8 +20,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from score_jax import config_lib
+from score_jax import config_lib, paths
 from score_jax.model import init_params
 from score_jax.train_steps import TrainState, make_optimizer
 
@@ -52,7 +53,7 @@ class Checkpointer:
   """Saves and restores (state, reference, meta) under ``directory``."""
 
   def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)  # A gs:// URL stays a URL.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -104,11 +105,14 @@ class Checkpointer:
 
 
 def checkpoint_dir(path: str) -> tuple[str, str]:
-  """(workdir, checkpoints directory) for a workdir or a checkpoints directory path."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  """(workdir, checkpoints directory) for a workdir or a checkpoints directory path.
+
+  Either may be a URL (``gs://bucket/run``).
+  """
+  path = paths.absolute(path)
+  if epath.Path(os.path.join(path, 'checkpoints')).is_dir():
     return path, os.path.join(path, 'checkpoints')
-  if os.path.isdir(path):
+  if epath.Path(path).is_dir():
     return os.path.dirname(path), path
   raise FileNotFoundError(f'No checkpoint directory at {path!r}.')
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Mapping
+
+from etils import epath
 
 from score_jax.writers import read_jsonl
 
@@ -24,9 +26,10 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 def plot_curves(metrics_path: str, out_path: str) -> str | None:
   """Plots training rewards, held-out accuracy and KL from ``metrics.jsonl`` into a PNG.
 
-  Returns the PNG's path, or None when there is nothing to plot.
+  Either path may be a URL (``gs://...``). Returns the PNG's path, or None when there is
+  nothing to plot.
   """
-  records = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+  records = read_jsonl(metrics_path) if epath.Path(metrics_path).exists() else []
   if not records:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -52,6 +55,8 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
     if ax.lines:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
+  png = io.BytesIO()  # matplotlib writes local files only: render, then write the bytes.
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
+  epath.Path(out_path).write_bytes(png.getvalue())
   return out_path

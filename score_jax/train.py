@@ -15,7 +15,7 @@ log-probs, stage rule, REINFORCE or PPO). Metrics go to ``WORKDIR/metrics.jsonl`
 TensorBoard; checkpoints to ``WORKDIR/checkpoints`` (rerunning the command resumes from the
 latest one, and SIGTERM saves one before exiting); at the end the base and final models are
 evaluated on the held-out problems and ``WORKDIR/summary.json`` and ``WORKDIR/curves.png``
-are written.
+are written. ``WORKDIR`` may be a local path or a URL such as ``gs://bucket/run``.
 
 Multi-host runs (a TPU slice: every host runs this same command): with
 ``SCORE_JAX_DISTRIBUTED=1`` in the environment, ``main`` first calls
@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import config_lib, distributed, reporting
+from score_jax import config_lib, distributed, paths, reporting
 from score_jax import metrics as sc_metrics
 from score_jax.checkpoints import Checkpointer, abstract_like, abstract_train_state
 from score_jax.compilation import count_compilations
@@ -222,6 +222,7 @@ class Trainer:
       progress['wall_s'] += time.perf_counter() - start_wall
       self._save(self._last_state, progress)
       self.checkpointer.close()
+      self.writer.close()
       self._log(f'Preempted (SIGTERM): saved a checkpoint at step {progress["global_step"]}; '
                 f'rerun the same command to resume.')
       raise SystemExit(128 + signal.SIGTERM)
@@ -271,6 +272,7 @@ class Trainer:
     self.checkpointer.wait_until_finished()
     latest = self.checkpointer.latest_step()
     self.checkpointer.close()
+    self.writer.close()
     raise SystemExit(
         f'Training diverged ({what}); stopping. The last good checkpoint is '
         f'{"step " + str(latest) if latest is not None else "none"} in '
@@ -443,6 +445,7 @@ class Trainer:
                    best_training_reward=progress['best'], schedule=self.config.schedule,
                    steps=progress['global_step'])
     if self.is_main_process:
+      self.writer.flush()  # A URL workdir's metrics.jsonl is written whole: before the plot.
       rows = {'base': base_eval, 'final (SCoRe)': final_eval} if base_eval else {
           'final': final_eval}
       table = reporting.format_table(rows)
@@ -482,10 +485,7 @@ def _duration(seconds: float) -> str:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(value, indent=2))
 
 
 def main(argv):
