@@ -16,22 +16,26 @@ held-out split. Decoding is greedy by default, as in the paper. When
 the checkpoint holds the frozen reference model of an RL run, its row is printed too, so
 the table shows base vs trained. The result goes to ``--output`` (default
 ``WORKDIR/eval_step<N>.json``), and both attempts on every problem to ``..._samples.jsonl``
-beside it.
+beside it. Paths may be URLs (``gs://...``). On a multi-host slice, run it on every host with
+``SCORE_JAX_DISTRIBUTED=1`` as for ``score_jax.train``: each host scores its own rows and
+process 0 prints and writes the result.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 
 from absl import app
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 import ml_collections
 
-from score_jax import config_lib, reporting
+from score_jax import config_lib, distributed, paths, reporting
 from score_jax.checkpoints import Checkpointer, checkpoint_dir, restore_models
 from score_jax.evaluation import Evaluator
 from score_jax.experiment import Experiment
@@ -63,7 +67,8 @@ def load_models(config):
       raise ValueError('Give --checkpoint (a training workdir), or a --config whose init_from '
                        'names pretrained weights to evaluate.')
     workdir = _WORKDIR.value
-    experiment = Experiment.from_config(config, workdir, with_train_split=False)
+    with distributed.main_process_first('data'):
+      experiment = Experiment.from_config(config, workdir, with_train_split=False)
     params, _ = experiment.initial_params(config.seed)
     return config, experiment, 'base', params, None, workdir
   workdir, directory = checkpoint_dir(_CHECKPOINT.value)
@@ -72,7 +77,8 @@ def load_models(config):
     meta = checkpointer.read_meta(_STEP.value)
     # The run's own config (as saved with the checkpoint) unless --config overrides it.
     config = config or ml_collections.ConfigDict(meta['config'])
-    experiment = Experiment.from_config(config, workdir, with_train_split=False)
+    with distributed.main_process_first('data'):
+      experiment = Experiment.from_config(config, workdir, with_train_split=False)
     params, reference = restore_models(config, experiment, checkpointer, meta)
   finally:
     checkpointer.close()
@@ -81,6 +87,10 @@ def load_models(config):
 
 def main(argv):
   del argv
+  try:
+    distributed.maybe_initialize()  # Before any other JAX call.
+  except ValueError as e:
+    raise SystemExit(f'score_jax.evaluate: {e}') from None
   config_lib.quiet_library_logs()
   try:
     config, experiment, label, params, reference, workdir = load_models(_CONFIG.value)
@@ -90,31 +100,33 @@ def main(argv):
 
   examples = experiment.test_examples[:_NUM_PROBLEMS.value or config.eval.num_problems]
   evaluator = Evaluator(experiment, config.eval.batch_size)
+  main_process = distributed.is_main_process()
+  say = functools.partial(print, flush=True) if main_process else lambda *_, **__: None
   rows, samples = {}, {}
   start = time.perf_counter()
   if reference is not None and _BASE.value:
-    print(f'evaluating the reference (base) model on {len(examples)} problems', flush=True)
+    say(f'evaluating the reference (base) model on {len(examples)} problems')
     samples['base'] = []
     rows['base'] = evaluator.run(reference, examples, sampling, _SEED.value, progress=True,
                                  samples=samples['base'])
-  print(f'evaluating {label} on {len(examples)} problems', flush=True)
+  say(f'evaluating {label} on {len(examples)} problems')
   samples[label] = []
   rows[label] = evaluator.run(params, examples, sampling, _SEED.value, progress=True,
                               samples=samples[label])
   wall_s = time.perf_counter() - start
+  if not main_process:
+    return
   print('\n' + reporting.format_table(rows) + '\n')
   print(f'{len(examples)} problems in {wall_s:.0f} s')
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   output = _OUTPUT.value or os.path.join(workdir, f'eval_{label.replace(" ", "")}.json')
-  with open(output, 'w') as f:
-    json.dump(dict(rows=rows, label=label, temperature=_TEMPERATURE.value,
-                   top_p=_TOP_P.value, num_problems=len(examples), wall_s=wall_s), f,
-              indent=2)
+  paths.write_text(output, json.dumps(dict(
+      rows=rows, label=label, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+      num_problems=len(examples), wall_s=wall_s), indent=2))
   samples_path = os.path.splitext(output)[0] + '_samples.jsonl'
-  with open(samples_path, 'w') as f:
-    for row, row_samples in samples.items():
-      for sample in row_samples:
-        f.write(json.dumps(dict(row=row, **sample)) + '\n')
+  paths.write_text(samples_path, ''.join(
+      json.dumps(dict(row=row, **sample)) + '\n'
+      for row, row_samples in samples.items() for sample in row_samples))
   print(f'written to {output} (both attempts per problem in {samples_path})')
 
 

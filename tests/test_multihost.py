@@ -21,6 +21,7 @@ import pytest
 
 from score_jax import distributed
 from score_jax.checkpoints import Checkpointer
+from score_jax.experiment import Experiment
 from score_jax.writers import read_jsonl
 from test_train import REPO, SMOKE, final_params, smoke_config
 
@@ -176,14 +177,22 @@ def train_records(workdir):
   return [r for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'train/loss' in r]
 
 
-@pytest.mark.slow
-def test_two_processes_train_exactly_as_one_process(tmp_path):
-  # 2 processes x 2 devices and 1 process x 4 devices: the same (1, 4, 1) mesh.
-  multi, single = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory):
+  """The same run on 2 processes x 2 devices and on 1 process x 4 devices: the same (1, 4, 1)
+  mesh. Returns both workdirs and the outputs of the two processes."""
+  root = tmp_path_factory.mktemp('multihost')
+  multi, single = str(root / 'two_processes'), str(root / 'one_process')
   multi_job = train_job(multi, 2, 2, *OVERRIDES)
   single_job = train_job(single, 1, 4, *OVERRIDES)
   multi_results, single_results = multi_job.wait(), single_job.wait()
   assert_all_succeeded(multi_results + single_results)
+  return multi, single, multi_results
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_as_one_process(two_runs):
+  multi, single, multi_results = two_runs
 
   # Process 0 alone prints and writes; process 1 trains silently.
   (_, out0), (_, out1) = multi_results
@@ -222,6 +231,33 @@ def test_two_processes_train_exactly_as_one_process(tmp_path):
   moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)))
   assert moved > 1e-3
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_matches_the_run_and_writes_once(two_runs, tmp_path):
+  multi, single, _ = two_runs
+  output = str(tmp_path / 'eval.json')
+  command = [sys.executable, '-m', 'score_jax.evaluate', f'--checkpoint={multi}',
+             '--num_problems=12', f'--output={output}']
+  (_, out0), (_, out1) = results = Job(command, str(tmp_path), 2, 2).wait()
+  assert_all_succeeded(results)
+  assert '| step 4 |' in out0 and 'evaluated 12/12 problems' in out0
+  assert '| step' not in out1 and 'evaluated' not in out1
+  # The greedy table rows equal those of the one-process training run.
+  rows = json.load(open(output))['rows']
+  summary = json.load(open(os.path.join(single, 'summary.json')))
+  for name, row in (('base', 'base'), ('step 4', 'final')):
+    for key in ('acc_t1', 'acc_t2', 'edit_ratio', 'different_answer_rate'):
+      assert rows[name][key] == pytest.approx(summary[row][key], rel=1e-6), (name, key)
+  # Every problem's two attempts, in order, from both processes' rows.
+  samples = read_jsonl(str(tmp_path / 'eval_samples.jsonl'))
+  assert [s['row'] for s in samples] == ['base'] * 12 + ['step 4'] * 12
+  examples = Experiment.from_config(smoke_config(schedule=SCHEDULE), single).test_examples
+  assert [s['id'] for s in samples] == [str(e.id) for e in examples[:12]] * 2
+  for name in ('base', 'step 4'):
+    mine = [s for s in samples if s['row'] == name]
+    assert all(s['attempt1'] or s['attempt2'] for s in mine)
+    assert np.mean([s['reward2'] for s in mine]) == pytest.approx(rows[name]['acc_t2'])
 
 
 @pytest.mark.slow
