@@ -11,6 +11,7 @@ and at ``flush``/``close``. TensorBoard events go to ``gs://`` through tensorboa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -88,6 +89,13 @@ class MetricWriter:
     self._uploaded_at = time.monotonic()
 
 
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # A missing parent package.
+    return False
+
+
 def _tensorboard_writer(logdir: str):
   """A tensorboardX writer, or None (with a note) where it cannot write."""
   if paths.is_url(logdir):
@@ -95,9 +103,7 @@ def _tensorboard_writer(logdir: str):
       print(f'Note: no TensorBoard events under {logdir} (tensorboardX writes local paths and '
             f'gs:// only); metrics.jsonl has every value.', flush=True)
       return None
-    try:
-      from google.cloud import storage  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
+    if not _installed('google.cloud.storage'):
       print(f'Note: no TensorBoard events under {logdir}: tensorboardX needs '
             f'`pip install google-cloud-storage` for gs://; metrics.jsonl has every value.',
             flush=True)

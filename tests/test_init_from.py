@@ -108,3 +108,16 @@ def test_missing_init_from_is_one_clear_error(tmp_path):
   result = run_train(str(tmp_path), f'--config.init_from={tmp_path}/nowhere')
   assert result.returncode != 0
   assert 'No checkpoint at' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_a_checkpoint_prints_base_and_trained_rows(stage2_run, tmp_path):
+  output = str(tmp_path / 'eval.json')
+  result = _run('score_jax.evaluate', f'--checkpoint={stage2_run}', '--num_problems=8',
+                f'--output={output}')
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert '| base |' in result.stdout and '| step 2 |' in result.stdout
+  assert os.path.exists(tmp_path / 'eval_samples.jsonl')
+  missing = _run('score_jax.evaluate', f'--checkpoint={stage2_run}', '--step=99')
+  assert missing.returncode != 0 and 'Traceback' not in missing.stderr
+  assert '99' in missing.stderr
