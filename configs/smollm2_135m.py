@@ -53,15 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task.template = 'checkpoint'  # The file's own ChatML template.
 
   if args.task == 'toy_arith':
-    config.task.name = 'toy_arith'
-    config.task.instruction = 'toy'
-    config.task.digits = 1
-    config.task.num_operands = 3
-    config.task.operators = '+-'
-    config.task.mul_digits = 1
-    config.task.allow_negative = False
-    config.task.train_size = 2_000
-    config.task.test_size = 500
+    config_lib.toy_arith_task(config.task)  # As in configs/toy_arith.py.
     # The toy task scores the number after "A:"; the instruct model needs to be told so.
     config.task.system_prompt = ('Reply with the result only, written as "A: " and the '
                                  'number. Example: for 2+3-1=? reply A: 4')

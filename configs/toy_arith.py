@@ -22,17 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = config_lib.base_train_config()
   config.seed = 0
 
-  config.task.name = 'toy_arith'
+  config_lib.toy_arith_task(config.task)  # One-digit, three-operand problems.
   config.task.template = 'plain'
-  config.task.instruction = 'toy'
-  # Difficulty (score_jax.tasks.toy_arith.ArithSettings).
-  config.task.digits = 1
-  config.task.num_operands = 3
-  config.task.operators = '+-'
-  config.task.mul_digits = 1
-  config.task.allow_negative = False
-  config.task.train_size = 2_000  # of about 3,000 distinct problems; the rest are held out
-  config.task.test_size = 500
 
   config.model = config_lib.model_config(
       'tiny', vocab_size=128, num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,

@@ -231,6 +231,24 @@ def _check_choice_field(name: str, value, choices) -> None:
     raise ValueError(f'{name} must be one of {choices}; got {value!r}.')
 
 
+def toy_arith_task(task: ml_collections.ConfigDict) -> None:
+  """Sets ``config.task`` to the built-in toy task at its calibrated difficulty.
+
+  One-digit, three-operand sums and differences (``score_jax.tasks.toy_arith.ArithSettings``):
+  2,000 of the about 3,000 distinct problems train, 500 of the rest are held out. The
+  template is left to the caller (the toy tokenizer's 'plain', or a checkpoint's own).
+  """
+  task.name = 'toy_arith'
+  task.instruction = 'toy'
+  task.digits = 1
+  task.num_operands = 3
+  task.operators = '+-'
+  task.mul_digits = 1
+  task.allow_negative = False
+  task.train_size = 2_000
+  task.test_size = 500
+
+
 def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigDict,
                       mesh: ml_collections.ConfigDict, minibatches: int,
                       param_dtype: str = 'float32') -> ml_collections.ConfigDict:
