@@ -384,7 +384,7 @@ class Result:
 
 def first_rl_phase(phases: list[tuple[str, int]]) -> tuple[str, int]:
   for kind, steps in phases:
-    if kind != 'sft':
+    if kind in config_lib.RL_KINDS:
       return kind, steps
   raise ValueError('schedule has no RL phase (stage1, stage2 or single_turn) to check; '
                    f'got {[kind for kind, _ in phases]}.')

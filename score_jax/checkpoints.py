@@ -128,7 +128,7 @@ def restore_models(config, experiment, checkpointer: Checkpointer, meta: dict):
   """
   phases = config_lib.parse_schedule(meta['schedule'])
   kind = phases[min(meta['phase_index'], len(phases) - 1)][0]
-  section = config.sft if kind == 'sft' else config.rl
+  section = config_lib.optimizer_section(config, kind)
   params, _ = init_params(experiment.model('train'), jax.random.key(0))
   target = abstract_train_state(params, make_optimizer(section.optimizer))
   reference_target = abstract_like(params) if meta['has_reference'] else None

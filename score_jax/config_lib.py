@@ -107,7 +107,21 @@ def build_mesh(mesh: ml_collections.ConfigDict | dict,
 
 # ---- the training config ------------------------------------------------------------------
 
-PHASE_KINDS = ('sft', 'stage1', 'stage2', 'single_turn')
+# Phase kinds of a schedule. RL phases sample and update every step; SFT on self-generated
+# traces (the paper's STaR and Pair-SFT baselines) samples a phase's worth of rollouts at its
+# start and then fine-tunes on the traces it builds from them.
+RL_KINDS = ('stage1', 'stage2', 'single_turn')
+SELF_SFT_KINDS = ('star', 'pair_sft')
+PHASE_KINDS = ('sft',) + RL_KINDS + SELF_SFT_KINDS
+
+
+def optimizer_section(config: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
+  """The config section (``sft``, ``rl`` or ``self_sft``) whose optimizer a phase uses."""
+  if kind == 'sft':
+    return config.sft
+  if kind in SELF_SFT_KINDS:
+    return config.self_sft
+  return config.rl
 
 
 def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
@@ -139,7 +153,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict(dict(
       prompt_len=64, attempt1_len=128, instruction_len=0, attempt2_len=128, temperature=1.0,
       top_p=1.0, top_k=0))
-  # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn.
+  # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn, star,
+  # pair_sft (score_jax/train.py says what each does).
   c.schedule = 'stage1:100,stage2:100'
   # trace_options: passed to the task's make_traces (for the toy task, TraceRates fields).
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
@@ -148,6 +163,13 @@ def base_train_config() -> ml_collections.ConfigDict:
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator='k3', baseline='rloo',
       normalize_std=False, optimizer=optimizer_config(5e-6)))
+  # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
+  # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
+  # (score_jax.baselines) and then takes N SFT steps of batch_size traces, so that it spends
+  # the sample and update budget of N RL steps. keep_correct_to_correct: STaR also keeps
+  # pairs whose attempts are both right.
+  c.self_sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-4),
+                                              keep_correct_to_correct=False))
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_problems=500, batch_size=128,
                                           temperature=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, max_to_keep=2,
@@ -206,13 +228,15 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
   for name in ('prompt_len', 'attempt1_len'):
     if getattr(r, name) <= 0:
       raise ValueError(f'rollout.{name} must be positive; got {getattr(r, name)}.')
-  needs_two_turns = any(kind in ('sft', 'stage1', 'stage2') for kind, _ in phases)
+  needs_two_turns = any(kind != 'single_turn' for kind, _ in phases)
   if needs_two_turns and r.attempt2_len <= 0:
     raise ValueError('rollout.attempt2_len must be positive for two-turn phases.')
   if r.temperature < 0 or not 0 < r.top_p <= 1:
     raise ValueError(f'rollout.temperature must be >= 0 and rollout.top_p in (0, 1]; got '
                      f'{r.temperature} and {r.top_p}.')
-  for section in ('sft', 'rl'):
+  for section in ('sft', 'rl', 'self_sft'):
+    if section not in c:
+      continue  # A config written before the section existed never uses it.
     batch = c[section].batch_size
     if batch <= 0:
       raise ValueError(f'{section}.batch_size must be positive; got {batch}.')

@@ -24,11 +24,13 @@ def absolute(path) -> str:
 
 
 def write_text(path, text: str) -> None:
-  """Writes a whole file: locally through a temporary file and a rename, so that a reader
-  never sees half of it; an object store replaces the object whole anyway."""
+  """Writes a whole file (creating its folder): locally through a temporary file and a
+  rename, so that a reader never sees half of it; an object store replaces the object whole
+  anyway."""
   if is_url(path):
     epath.Path(path).write_text(text)
     return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     f.write(text)
