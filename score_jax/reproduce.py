@@ -150,14 +150,15 @@ class Reproduction:
       trainer.checkpointer.close()
 
 
-def _eval_curves(run_dir: str, warm_steps: int) -> list[tuple[int, dict]]:
-  """(steps after the warm start, held-out metrics) from a run's metrics.jsonl."""
-  points = []
+def _eval_curves(run_dir: str, base_eval: dict) -> list[tuple[int, dict]]:
+  """(training steps after the warm start, held-out metrics) from a method's metrics.jsonl,
+  starting from the shared base model's evaluation at step 0."""
+  points = {0: base_eval}
   for record in read_jsonl(os.path.join(run_dir, 'metrics.jsonl')):
-    if record.get('phase') in ('base', 'eval', 'final') and 'eval/delta' in record:
-      metrics = {k.split('/', 1)[1]: v for k, v in record.items() if k.startswith('eval/')}
-      points.append((record['step'] - warm_steps, metrics))
-  return sorted(dict(points).items())
+    if record.get('phase') in ('eval', 'final') and 'eval/delta' in record:
+      points[record['step']] = {k.split('/', 1)[1]: v for k, v in record.items()
+                                if k.startswith('eval/')}
+  return sorted(points.items())
 
 
 def _edit_ratios(samples_path: str) -> np.ndarray:
@@ -207,7 +208,7 @@ def main(argv):
 
   # Collapse diagnostics (first seed): edit-distance ratios and the curves over training.
   seed_dir = os.path.join(workdir, f'seed{seeds[0]}')
-  warm_steps = sum(s for _, s in reproduction.warm_phases)
+  base_eval = per_seed[seeds[0]]['warm_start']['final']
   ratios = {'base': _edit_ratios(os.path.join(seed_dir, 'warm_start',
                                               'eval_final_samples.jsonl'))}
   curves = {}
@@ -215,7 +216,7 @@ def main(argv):
     if METHODS_BY_NAME[method].trains:
       run_dir = os.path.join(seed_dir, method)
       ratios[method] = _edit_ratios(os.path.join(run_dir, 'eval_final_samples.jsonl'))
-      curves[method] = _eval_curves(run_dir, warm_steps)
+      curves[method] = _eval_curves(run_dir, base_eval)
   result['edit_distance'] = {m: dict(mean=float(np.mean(r)), zero=float(np.mean(r == 0)))
                              for m, r in ratios.items()}
   result['over_training'] = {m: [dict(step=s, **v) for s, v in points]
