@@ -167,9 +167,12 @@ def base_train_config() -> ml_collections.ConfigDict:
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
   # (score_jax.baselines) and then takes N SFT steps of batch_size traces, so that it spends
   # the sample and update budget of N RL steps. keep_correct_to_correct: STaR also keeps
-  # pairs whose attempts are both right.
+  # pairs whose attempts are both right. train_attempt1: the loss also covers attempt 1 (by
+  # default only the revision is learned, with the sampled attempt 1 as its context: a wrong
+  # attempt 1 is not something to imitate).
   c.self_sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-4),
-                                              keep_correct_to_correct=False))
+                                              keep_correct_to_correct=False,
+                                              train_attempt1=False))
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_problems=500, batch_size=128,
                                           temperature=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, max_to_keep=2,

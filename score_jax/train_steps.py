@@ -99,9 +99,12 @@ def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation)
 
 
 def sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int,
-             state: TrainState, batch: Rollout):
-  """One teacher-forced update on the attempt tokens of packed trajectories."""
-  loss_mask = (batch.segments == ATTEMPT1) | (batch.segments == ATTEMPT2)
+             train_attempt1: bool, state: TrainState, batch: Rollout):
+  """One teacher-forced update on the attempt tokens of packed trajectories: both attempts,
+  or with ``train_attempt1=False`` only attempt 2 (attempt 1 is then context only)."""
+  loss_mask = batch.segments == ATTEMPT2
+  if train_attempt1:
+    loss_mask |= batch.segments == ATTEMPT1
   grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
   (_, metrics), grads = grad_fn(state.params, model, batch.tokens, batch.positions, batch.valid,
                                 loss_mask, logprob_chunk)
@@ -150,8 +153,10 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, config: RLStepConf
   return state, metrics
 
 
-def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int = 256):
-  return jax.jit(functools.partial(sft_step, model, tx, logprob_chunk), donate_argnums=(0,))
+def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int = 256,
+                  train_attempt1: bool = True):
+  return jax.jit(functools.partial(sft_step, model, tx, logprob_chunk, train_attempt1),
+                 donate_argnums=(0,))
 
 
 def make_rl_step(model: Decoder, tx: optax.GradientTransformation, config: RLStepConfig):

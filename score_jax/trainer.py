@@ -332,7 +332,8 @@ class Trainer:
         self._save(state, progress)
         return state
     if sft_like:
-      step_fn = make_sft_step(self.train_model, tx, c.logprob_chunk)
+      step_fn = make_sft_step(self.train_model, tx, c.logprob_chunk, train_attempt1=(
+          kind == 'sft' or c.self_sft.train_attempt1))
     else:
       rl = c.rl
       step_fn = make_rl_step(self.train_model, tx, RLStepConfig(

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -196,3 +198,29 @@ def test_reproduce_refuses_a_schedule_without_a_warm_start(tmp_path):
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert 'must start with the warm-start sft phase' in result.stderr
+
+
+def test_self_sft_loss_covers_only_the_revision_unless_asked(tmp_path):
+  """STaR and Pair-SFT learn attempt 2 with the sampled attempt 1 as context: the loss is
+  the mean negative log-prob of attempt 2's tokens alone (both attempts with
+  train_attempt1=True, as in the warm start)."""
+  from score_jax.model import token_logprobs  # pylint: disable=g-import-not-at-top
+  from score_jax.sampling import pack_trajectories  # pylint: disable=g-import-not-at-top
+  from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2  # pylint: disable=g-import-not-at-top
+  from score_jax.train_steps import TrainState, make_optimizer, make_sft_step  # pylint: disable=g-import-not-at-top
+
+  config = smoke_config()
+  experiment = Experiment.from_config(config, str(tmp_path))
+  model = experiment.model('train')
+  params, _ = experiment.initial_params(0)
+  batch = pack_trajectories(experiment.spec, [[3, 4, 5], [6, 7]], [[8, 9, 2], [10, 2]],
+                            [[11, 12, 13, 2], [14, 2]])
+  logp = np.asarray(token_logprobs(model, params, batch.tokens, batch.positions, batch.valid))
+  segments, valid = np.asarray(batch.segments), np.asarray(batch.valid)
+  tx = make_optimizer(config.self_sft.optimizer)
+  for train_attempt1, segs in ((False, (ATTEMPT2,)), (True, (ATTEMPT1, ATTEMPT2))):
+    mask = np.isin(segments, segs) & valid
+    state = TrainState.create(jax.tree.map(jnp.copy, params), tx)
+    _, metrics = make_sft_step(model, tx, train_attempt1=train_attempt1)(state, batch)
+    assert float(metrics['tokens']) == mask.sum() == (6 if not train_attempt1 else 11)
+    assert float(metrics['loss']) == pytest.approx(-logp[mask].mean(), rel=1e-5)
