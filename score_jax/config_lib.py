@@ -165,13 +165,14 @@ def base_train_config() -> ml_collections.ConfigDict:
       normalize_std=False, optimizer=optimizer_config(5e-6)))
   # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
-  # (score_jax.baselines) and then takes N SFT steps of batch_size traces, so that it spends
-  # the sample and update budget of N RL steps. keep_correct_to_correct: STaR also keeps
+  # (score_jax.baselines) and then takes SFT steps of batch_size traces: `epochs` passes over
+  # them (0: N steps however few the traces), at most N, so that it spends at most the sample
+  # and update budget of N RL steps. keep_correct_to_correct: STaR also keeps
   # pairs whose attempts are both right. train_attempt1: the loss also covers attempt 1 (by
   # default only the revision is learned, with the sampled attempt 1 as its context: a wrong
   # attempt 1 is not something to imitate).
   c.self_sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-4),
-                                              keep_correct_to_correct=False,
+                                              epochs=1.0, keep_correct_to_correct=False,
                                               train_attempt1=False))
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_problems=500, batch_size=128,
                                           temperature=0.0))
@@ -247,6 +248,8 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
                         ('adam', 'adamw'))
     _check_choice_field(f'{section}.optimizer.decay', c[section].optimizer.decay,
                         ('constant', 'cosine'))
+    if section == 'self_sft' and c.self_sft.epochs < 0:
+      raise ValueError(f'self_sft.epochs must be >= 0 (0: no limit); got {c.self_sft.epochs}.')
     if not 0 <= c[section].optimizer.final_fraction <= 1:
       raise ValueError(f'{section}.optimizer.final_fraction must be in [0, 1]; got '
                        f'{c[section].optimizer.final_fraction}.')

@@ -321,16 +321,14 @@ class Trainer:
         progress['base_eval'] = self._evaluate(self.reference, 'base', progress['global_step'])
 
     sft_like = kind == 'sft' or kind in config_lib.SELF_SFT_KINDS
+    last_step = num_steps  # Where this phase's updates end (sooner for star and pair_sft).
     if kind == 'sft':
       traces, batch_size = self.sft_traces[phase_index], c.sft.batch_size
     elif sft_like:
       traces, batch_size = self._self_sft_traces(progress), c.self_sft.batch_size
-      if not traces:
-        self._log(f'   no {kind} traces were kept: the phase makes no updates.')
-        progress['global_step'] += num_steps - progress['phase_step']
-        progress['phase_step'] = num_steps
-        self._save(state, progress)
-        return state
+      last_step = _self_sft_updates(num_steps, len(traces), batch_size, c.self_sft.epochs)
+      self._log(f'   {kind}: {last_step} SFT steps ({c.self_sft.epochs or "no"} epoch limit, '
+                f'{len(traces)} traces, batch {batch_size}, at most {num_steps} steps)')
     if sft_like:
       step_fn = make_sft_step(self.train_model, tx, c.logprob_chunk, train_attempt1=(
           kind == 'sft' or c.self_sft.train_attempt1))
@@ -349,7 +347,7 @@ class Trainer:
     phase_start = time.perf_counter()
     steps_at_start = progress['phase_step']
     window: list[dict] = []
-    while progress['phase_step'] < num_steps:
+    while progress['phase_step'] < last_step:
       step_key = jax.random.fold_in(jax.random.key(c.seed), progress['global_step'])
       with count_compilations() as compilations:
         if sft_like:
@@ -379,7 +377,8 @@ class Trainer:
       extra = dict(data=data) if sft_like else dict(data=data, samples=samples)
       self.writer.write(progress['global_step'], step_metrics, phase=kind, extra=extra)
 
-      if progress['global_step'] % c.log_every_steps == 0 or progress['phase_step'] == num_steps:
+      if (progress['global_step'] % c.log_every_steps == 0 or
+          progress['phase_step'] == last_step):
         self._progress_line(kind, progress, num_steps, steps_at_start, phase_start, start_wall,
                             window)
         window = []
@@ -388,11 +387,17 @@ class Trainer:
           progress['global_step'] < self.total_steps):  # The final evaluation is in _finish.
         self._evaluate(state.params, 'eval', progress['global_step'])
       if (progress['global_step'] % c.checkpoint.every_steps == 0 or
-          progress['phase_step'] == num_steps):
+          progress['phase_step'] == last_step):
         self._save(state, progress)
       # Every process stops after the same step, so that all of them take part in the save.
       if distributed.any_process(self.preempted):
         raise _Preempted()
+    if progress['phase_step'] < num_steps:
+      # A star or pair_sft phase that ran out of traces: its remaining steps make no updates,
+      # so that later phases keep their step numbers.
+      progress['global_step'] += num_steps - progress['phase_step']
+      progress['phase_step'] = num_steps
+      self._save(state, progress)
     return state
 
   def _sample(self, params, examples: list, key, two_turns: bool) -> '_Samples':
@@ -592,6 +597,14 @@ def _all_finite_device(tree) -> jax.Array:
 def _all_finite(tree) -> bool:
   # One module-level jit: compiled once per parameter structure, not at every save.
   return bool(_all_finite_device(tree))
+
+
+def _self_sft_updates(num_steps: int, num_traces: int, batch_size: int, epochs: float) -> int:
+  """SFT steps of a star or pair_sft phase: ``epochs`` passes over its traces (all
+  ``num_steps`` when ``epochs`` is 0), never more than ``num_steps``."""
+  if epochs <= 0:
+    return num_steps if num_traces else 0
+  return min(num_steps, math.ceil(epochs * num_traces / batch_size))
 
 
 def _fingerprint(ids) -> int:

@@ -106,7 +106,11 @@ def _every_revision_succeeds(experiment):
 
 @pytest.mark.parametrize('kind', ['star', 'pair_sft'])
 def test_self_sft_phase_samples_builds_traces_and_fine_tunes(kind, tmp_path):
-  config = smoke_config(schedule=f'sft:4,{kind}:2', **{'eval.num_problems': 16})
+  # STaR with one epoch over its traces (one step of 64 here); Pair-SFT with no epoch limit
+  # (every step of the phase).
+  epochs = 1.0 if kind == 'star' else 0.0
+  config = smoke_config(schedule=f'sft:4,{kind}:2', **{'eval.num_problems': 16,
+                                                       'self_sft.epochs': epochs})
   phases = config_lib.validate_train_config(config)
   workdir = str(tmp_path)
   experiment = Experiment.from_config(config, workdir)
@@ -127,7 +131,8 @@ def test_self_sft_phase_samples_builds_traces_and_fine_tunes(kind, tmp_path):
     # Every distinct wrong attempt of a problem, paired with one of its right attempts.
     pairs = {(t['id'], t['attempt1']) for t in traces}
     assert len(pairs) == len(traces) and 0 < len(traces) <= rollouts
-  assert [r['step'] for r in steps] == [5, 6]
+  assert [r['step'] for r in steps] == ([5] if kind == 'star' else [5, 6])
+  assert read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[-1]['step'] == 6
   assert all(np.isfinite(r['train/loss']) and r['train/loss'] > 0 for r in steps)
   ids = {str(e.id) for e in experiment.train_examples}
   assert {t['id'] for t in traces} <= ids
@@ -224,3 +229,17 @@ def test_self_sft_loss_covers_only_the_revision_unless_asked(tmp_path):
     _, metrics = make_sft_step(model, tx, train_attempt1=train_attempt1)(state, batch)
     assert float(metrics['tokens']) == mask.sum() == (6 if not train_attempt1 else 11)
     assert float(metrics['loss']) == pytest.approx(-logp[mask].mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize('num_traces,epochs,expected', [
+    (286, 1.0, 5),     # ceil(286 / 64)
+    (10749, 1.0, 84),  # capped at the phase's steps
+    (286, 2.5, 12),    # ceil(2.5 * 286 / 64)
+    (286, 0.0, 84),    # no epoch limit: every step
+    (0, 0.0, 0),       # nothing to learn from
+    (0, 1.0, 0),
+])
+def test_self_sft_updates_are_epochs_over_the_traces_capped_by_the_phase(num_traces, epochs,
+                                                                         expected):
+  from score_jax.trainer import _self_sft_updates  # pylint: disable=g-import-not-at-top
+  assert _self_sft_updates(84, num_traces, 64, epochs) == expected
