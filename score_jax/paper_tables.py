@@ -10,11 +10,11 @@ runs a 0.8M-parameter model on toy arithmetic.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Mapping, Sequence
 
 import numpy as np
-from etils import epath
+
+from score_jax import reporting
 
 METRICS = ('acc_t1', 'acc_t2', 'delta', 'delta_i2c', 'delta_c2i')
 METRIC_NAMES = dict(acc_t1='Acc@t1', acc_t2='Acc@t2', delta='Δ(t1,t2)', delta_i2c='Δi→c',
@@ -122,26 +122,10 @@ def markdown_table(table: str, rows: Mapping[str, dict], num_seeds: int) -> str:
   return '\n'.join(lines)
 
 
-def _figure():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def _save(fig, plt, path: str) -> str:
-  fig.tight_layout()
-  png = io.BytesIO()  # matplotlib writes local files only: render, then write the bytes.
-  fig.savefig(png, format='png', dpi=100)
-  plt.close(fig)
-  epath.Path(path).write_bytes(png.getvalue())
-  return path
-
-
 def plot_edit_ratios(ratios: Mapping[str, np.ndarray], path: str) -> str:
   """Histograms of the edit-distance ratio between attempts, one panel per method (the
   paper's Figure 3): mass at 0 means attempt 2 copies attempt 1."""
-  plt = _figure()
+  plt = reporting.pyplot()
   names = list(ratios)
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
@@ -156,13 +140,13 @@ def plot_edit_ratios(ratios: Mapping[str, np.ndarray], path: str) -> str:
     ax.set_ylim(0, 1)
   for ax in list(axes.flat)[len(names):]:
     ax.axis('off')
-  return _save(fig, plt, path)
+  return reporting.save_png(fig, path)
 
 
 def plot_over_training(curves: Mapping[str, Sequence[tuple[int, dict]]], path: str) -> str:
   """Held-out rate of a changed final answer and Δ(t1, t2) over training, per method (the
   paper's Figure 5 measures the first on training samples; these are held-out)."""
-  plt = _figure()
+  plt = reporting.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
   for name, points in curves.items():
     if not points:
@@ -177,12 +161,12 @@ def plot_over_training(curves: Mapping[str, Sequence[tuple[int, dict]]], path: s
   for ax in axes:
     ax.set_xlabel('training step after the warm start')
   axes[1].legend(fontsize=7)
-  return _save(fig, plt, path)
+  return reporting.save_png(fig, path)
 
 
 def plot_scaling(curves: Mapping[str, Sequence[dict]], path: str) -> str:
   """Majority-vote accuracy against samples per problem: parallel vs self-correction."""
-  plt = _figure()
+  plt = reporting.pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for name, rows in curves.items():
     budgets = [r['budget'] for r in rows]
@@ -195,4 +179,4 @@ def plot_scaling(curves: Mapping[str, Sequence[dict]], path: str) -> str:
   ax.set_xlabel('samples per problem (2K)')
   ax.set_ylabel('accuracy (%)')
   ax.legend(fontsize=7)
-  return _save(fig, plt, path)
+  return reporting.save_png(fig, path)

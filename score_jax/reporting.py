@@ -32,10 +32,7 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
   records = read_jsonl(metrics_path) if epath.Path(metrics_path).exists() else []
   if not records:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = pyplot()
   panels = [
       ('training reward', ('train/reward_t1', 'train/reward_t2')),
       ('held-out accuracy', ('eval/acc_t1', 'eval/acc_t2', 'eval/delta')),
@@ -54,9 +51,22 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
     ax.set_xlabel('step')
     if ax.lines:
       ax.legend(fontsize=8)
+  return save_png(fig, out_path)
+
+
+def pyplot():
+  """matplotlib.pyplot on the non-interactive Agg backend (imported only when plotting)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def save_png(fig, path: str) -> str:
+  """Writes a figure as a PNG to a local path or a URL, closes it and returns the path."""
   fig.tight_layout()
   png = io.BytesIO()  # matplotlib writes local files only: render, then write the bytes.
   fig.savefig(png, format='png', dpi=100)
-  plt.close(fig)
-  epath.Path(out_path).write_bytes(png.getvalue())
-  return out_path
+  pyplot().close(fig)
+  epath.Path(path).write_bytes(png.getvalue())
+  return path
