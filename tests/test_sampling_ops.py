@@ -8,6 +8,7 @@ import pytest
 from helpers import make_model
 from score_jax.sampling import (RolloutSpec, SamplingParams, filter_logits, make_rollout_fn,
                                 pack_prompts, top_k_filter, top_p_filter)
+from score_jax.sampling.sample import sample_categorical
 
 
 def kept(filtered):
@@ -52,6 +53,27 @@ def test_sampling_params_reject_bad_values():
 
 def total_variation(counts, probs):
   return 0.5 * np.abs(counts / counts.sum() - probs).sum()
+
+
+def test_inverse_cdf_sampling_matches_the_softmax_and_skips_filtered_tokens():
+  # 70 tokens in blocks of 8 (the last block padded): mass spread over several blocks, whole
+  # blocks filtered, and filtered tokens at a block's start and end next to likely ones.
+  vocab, draws = 70, 200_000
+  logits = np.log(np.random.default_rng(0).uniform(0.2, 1.0, vocab))
+  logits[[0, 7, 8, 9, 15, 23, 24, 40, 69]] = -np.inf
+  logits[16:24] = -np.inf  # A block with no mass at all.
+  logits[25] += 2.0  # One likely token right after a filtered one.
+  probs = np.exp(logits - logits[np.isfinite(logits)].max())
+  probs /= probs.sum()
+  rows = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (draws, vocab))
+  tokens = np.asarray(jax.jit(sample_categorical, static_argnums=2)(jax.random.key(0), rows, 8))
+  counts = np.bincount(tokens, minlength=vocab)
+  assert counts[probs == 0].sum() == 0 and tokens.max() < vocab
+  # 200k draws over 60 tokens: sampling noise is about 0.01 in total variation.
+  assert total_variation(counts, probs) < 0.02
+  # Greedy-like logits: one token holds all the mass.
+  peaked = jnp.full((4, vocab), -jnp.inf).at[:, 33].set(0.0)
+  assert np.asarray(sample_categorical(jax.random.key(1), peaked, 8)).tolist() == [33] * 4
 
 
 @pytest.mark.parametrize('temperature, top_p', [(0.7, 1.0), (1.3, 1.0), (1.0, 0.6)])
