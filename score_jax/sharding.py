@@ -189,7 +189,7 @@ class MeshRules:
   def shardings(self, logical_axes: Any, abstract: Any) -> Any:
     """Shardings for a pytree, given its logical axes and abstract (shape) tree."""
     return jax.tree.map(lambda names, leaf: self.sharding(tuple(names), leaf.shape),
-                        logical_axes, abstract, is_leaf=_is_names)
+                        logical_axes, abstract, is_leaf=is_axis_names)
 
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
@@ -198,7 +198,8 @@ class MeshRules:
     return MeshRules(self.mesh, RULE_SETS[rules] if isinstance(rules, str) else rules)
 
 
-def _is_names(x: Any) -> bool:
+def is_axis_names(x: Any) -> bool:
+  """Whether ``x`` is one array's logical axis names (a leaf of a logical-axes pytree)."""
   return isinstance(x, PartitionSpec) or (
       isinstance(x, tuple) and all(e is None or isinstance(e, str) for e in x))
 

@@ -113,6 +113,6 @@ def test_sharded_cached_decode_equals_single_device(mesh_222):
   expected, _ = run(model, params, init_cache(model.config, 4, 16))
   got, cache = run(sharded_model, sharded_params,
                    init_cache(model.config, 4, 16, mesh_rules=mesh_rules))
-  # [L, B, S, K, Dh] = [4, 4, 16, 2, 16]: batch over data×fsdp (4), KV heads over tensor (2).
-  assert cache.k.addressable_shards[0].data.shape == (4, 1, 16, 1, 16)
+  # [L, B, K, S, Dh] = [4, 4, 2, 16, 16]: batch over data×fsdp (4), KV heads over tensor (2).
+  assert cache.k.addressable_shards[0].data.shape == (4, 1, 1, 16, 16)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4)

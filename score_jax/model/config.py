@@ -63,6 +63,11 @@ class ModelConfig:
   param_dtype: str = 'float32'
   dtype: str = 'float32'  # Compute dtype of matmuls; norms, softmax and log-probs run in fp32.
   scan_layers: bool = True  # One scanned layer body (fast compiles, stacked parameters).
+  # Sampling runs the layers unrolled from a per-layer copy of the weights (in the compute
+  # dtype) made once per rollout: each layer's KV cache is then its own buffer, written in
+  # place and read without slicing a stack. True keeps the scanned body for decoding too
+  # (no second copy of the weights, short compiles: for models that fill the chips' memory).
+  scan_decode: bool = False
   remat_policy: str = 'none'  # Rematerialisation of each layer under differentiation.
 
   def __post_init__(self):

@@ -118,6 +118,35 @@ class AttentionInputs:
   cache_index: Array
 
 
+def matmul(spec: str, x: Array, kernel: Array, dtype) -> Array:
+  """``einsum(spec, x, kernel)`` with both operands in ``dtype``, accumulated and returned in fp32.
+
+  Asking for an fp32 result is what accelerators do natively for bf16 operands, and on
+  x86 CPUs it is what selects XLA's fast bf16 matrix kernels (a bf16 result does not).
+  """
+  return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def write_slots(cache: Array, new: Array, layer_index: Array | None, start: Array) -> Array:
+  """Writes new keys or values [B, T, K, Dh] into cache slots [start, start + T).
+
+  ``cache`` is one layer's [B, K, S, Dh] (``layer_index`` None) or a stack [L, B, K, S, Dh].
+  The write happens in place. 16-bit floats are written as their bit patterns: XLA's CPU
+  backend computes a bf16 dynamic-update-slice in fp32, which copies the whole cache.
+  """
+  new = new.swapaxes(1, 2).astype(cache.dtype)  # [B, K, T, Dh]
+  start_index = (0, 0, start, 0)
+  if layer_index is not None:
+    new, start_index = new[None], (layer_index,) + start_index
+  if jnp.issubdtype(cache.dtype, jnp.floating) and cache.dtype.itemsize == 2:
+    bits = jax.lax.dynamic_update_slice(jax.lax.bitcast_convert_type(cache, jnp.uint16),
+                                        jax.lax.bitcast_convert_type(new, jnp.uint16),
+                                        start_index)
+    return jax.lax.bitcast_convert_type(bits, cache.dtype)
+  return jax.lax.dynamic_update_slice(cache, new, start_index)
+
+
 def softcap(x: Array, cap: float) -> Array:
   """cap * tanh(x / cap): bounds logits smoothly (Gemma 2); identity when cap is 0."""
   return x if not cap else cap * jnp.tanh(x / cap)
@@ -131,15 +160,17 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, inputs: AttentionInputs, is_local: Array | bool,
-               cache: tuple[Array, Array] | None, layer_index: Array | int):
+               cache: tuple[Array, Array] | None, layer_index: Array | None):
     """Returns (output [B, T, D], updated (k, v) cache stacks or None).
 
     Args:
       x: normalised hidden states [B, T, D].
       inputs: shared per-call inputs (RoPE, masks, cache index).
       is_local: whether this layer uses the sliding-window mask (traced under scan).
-      cache: the whole model's (k, v) stacks, each [L, B, S, K, Dh], or None.
-      layer_index: this layer's row in the cache stacks.
+      cache: this layer's (k, v) caches, each [B, K, S, Dh]; or, under a scan, the whole
+        model's (k, v) stacks [L, B, K, S, Dh]; or None.
+      layer_index: this layer's row in the cache stacks (traced under scan), or None when
+        ``cache`` holds this layer's caches.
     """
     c = self.config
     h, k, hd, d = c.num_heads, c.num_kv_heads, c.head_dim, c.d_model
@@ -152,45 +183,48 @@ class Attention(nn.Module):
                      ('embed', 'kv_heads', 'head_dim'), c)
     o_kernel = param(self, 'o_kernel', dense_init((0, 1), (2,)), (h, hd, d),
                      ('heads', 'head_dim', 'embed'), c)
-    x = x.astype(dtype)
-    q = jnp.einsum('btd,dhk->bthk', x, q_kernel.astype(dtype))
-    key = jnp.einsum('btd,dhk->bthk', x, k_kernel.astype(dtype))
-    value = jnp.einsum('btd,dhk->bthk', x, v_kernel.astype(dtype))
+    q = matmul('btd,dhk->bthk', x, q_kernel, dtype)
+    key = matmul('btd,dhk->bthk', x, k_kernel, dtype)
+    value = matmul('btd,dhk->bthk', x, v_kernel, dtype).astype(dtype)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
-      q = q + param(self, 'q_bias', zeros, (h, hd), ('heads', 'head_dim'), c).astype(dtype)
-      key = key + param(self, 'k_bias', zeros, (k, hd), ('kv_heads', 'head_dim'), c).astype(dtype)
+      q = q + param(self, 'q_bias', zeros, (h, hd), ('heads', 'head_dim'), c)
+      key = key + param(self, 'k_bias', zeros, (k, hd), ('kv_heads', 'head_dim'), c)
       value = value + param(self, 'v_bias', zeros, (k, hd), ('kv_heads', 'head_dim'),
                             c).astype(dtype)
-    q = constrain(inputs.rotary.apply(q) * jnp.asarray(c.query_scale, dtype),
+    q = constrain((inputs.rotary.apply(q) * c.query_scale).astype(dtype),
                   ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-    key = constrain(inputs.rotary.apply(key), ('batch', 'length', 'kv_heads', 'head_dim'),
+    key = constrain(inputs.rotary.apply(key).astype(dtype), ('batch', 'length', 'kv_heads', 'head_dim'),
                     self.mesh_rules)
     value = constrain(value, ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
 
     if cache is not None:
-      # Write the new keys/values at [cache_index, cache_index + T) of this layer's row, then
-      # attend over every slot of the row; the masks hide empty and future slots.
-      cache_k, cache_v = cache
-      start = (layer_index, 0, inputs.cache_index, 0, 0)
-      cache_k = jax.lax.dynamic_update_slice(cache_k, key[None].astype(cache_k.dtype), start)
-      cache_v = jax.lax.dynamic_update_slice(cache_v, value[None].astype(cache_v.dtype), start)
-      key = cache_k[layer_index].astype(dtype)
-      value = cache_v[layer_index].astype(dtype)
-      cache = (cache_k, cache_v)
+      # Write the new keys/values at slots [cache_index, cache_index + T), then attend over
+      # every slot; the masks hide empty and future slots.
+      cache = tuple(write_slots(stack, new, layer_index, inputs.cache_index)
+                    for stack, new in zip(cache, (key, value)))
+      key, value = (stack if layer_index is None else stack[layer_index] for stack in cache)
+    else:
+      key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)
 
+    # Each KV head's G = H // K query heads and T tokens form one [G*T, Dh] block of rows:
+    # both attention products are then batched over (B, K) with a single free dimension,
+    # the shape XLA's fast CPU kernels take (and a decode step reads each head's keys and
+    # values as one contiguous [S, Dh] block).
     b, t = q.shape[:2]
-    q = q.reshape(b, t, k, h // k, hd)  # [B, T, K, G, Dh]
-    logits = jnp.einsum('btkgd,bskd->bkgts', q, key, preferred_element_type=jnp.float32)
+    g = h // k
+    rows = q.reshape(b, t, k, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, hd)
+    logits = matmul('bkrd,bksd->bkrs', rows, key, dtype).reshape(b, k, g, t, -1)
     logits = softcap(logits, c.attn_logit_softcap)
     mask = inputs.global_mask
     if inputs.local_mask is not None:
       mask = jnp.where(is_local, inputs.local_mask, mask)
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum('bkgts,bskd->btkgd', weights, value).reshape(b, t, h, hd)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(b, k, g * t, -1)
+    out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
+    out = out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-    out = jnp.einsum('bthk,hkd->btd', out, o_kernel.astype(dtype))
+    out = matmul('bthk,hkd->btd', out, o_kernel, dtype).astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), cache
 
 
@@ -204,29 +238,38 @@ class GatedMLP(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     dtype = c.jnp_dtype
-    gate = param(self, 'gate_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
-                 ('embed', 'mlp'), c)
-    up = param(self, 'up_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
-               ('embed', 'mlp'), c)
+    gate_kernel = lambda: param(self, 'gate_kernel', dense_init((0,), (1,)),
+                                (c.d_model, c.mlp_dim), ('embed', 'mlp'), c)
+    up_kernel = lambda: param(self, 'up_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
+                              ('embed', 'mlp'), c)
     down = param(self, 'down_kernel', dense_init((0,), (1,)), (c.mlp_dim, c.d_model),
                  ('mlp', 'embed'), c)
-    x = x.astype(dtype)
-    gate_act = x @ gate.astype(dtype)
+    if self.has_variable('params', 'gate_up_kernel'):
+      # The decoding layout ([D, 2, F], see ``decoder.for_decoding``): one matmul for both
+      # projections, split along a new axis so that an 'mlp'-sharded F stays local.
+      fused = self.get_variable('params', 'gate_up_kernel')
+      both = matmul('btd,dnf->btnf', x, fused, dtype)
+      gate_act, up_act = both[:, :, 0], both[:, :, 1]
+    else:
+      gate_act = matmul('btd,df->btf', x, gate_kernel(), dtype)
+      up_act = matmul('btd,df->btf', x, up_kernel(), dtype)
     if c.activation == 'silu':
       gate_act = jax.nn.silu(gate_act)
     else:
       gate_act = jax.nn.gelu(gate_act, approximate=True)
-    hidden = constrain(gate_act * (x @ up.astype(dtype)), ('batch', 'length', 'mlp'),
-                       self.mesh_rules)
-    return constrain(hidden @ down.astype(dtype), ('batch', 'length', 'embed'), self.mesh_rules)
+    hidden = (gate_act * up_act).astype(dtype)
+    hidden = constrain(hidden, ('batch', 'length', 'mlp'), self.mesh_rules)
+    out = matmul('btf,fd->btd', hidden, down, dtype).astype(dtype)
+    return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules)
 
 
 class Block(nn.Module):
   """One pre-norm decoder layer (with Gemma 2's extra post-norms when configured).
 
   The signature ``(carry, layer_inputs, shared) -> (carry, None)`` is what ``nn.scan``
-  needs: the carry holds the hidden states and the whole model's cache stacks, so a layer
-  writes only its new tokens into the cache instead of copying its whole cache row.
+  needs. The carry holds the hidden states and the KV cache: under a scan, the whole
+  model's cache stacks (so a layer writes only its new tokens into them instead of copying
+  its row); unrolled, this layer's own (k, v) caches, with ``layer_index`` None.
   """
 
   config: ModelConfig

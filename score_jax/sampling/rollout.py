@@ -14,9 +14,11 @@ from the left of their slot and stop at a stop token; the rest of the slot is pa
 RoPE positions count valid tokens only, so the model sees one contiguous conversation, and
 the instruction sits "right after" each row's attempt however long it was.
 
-The KV cache covers the whole row and is reused across the turns: prefill the prompts,
-decode attempt 1 with ``lax.while_loop`` (until every row stopped or the slot is full),
-prefill the instruction into the same cache, decode attempt 2. Each sampled token's fp32
+The KV cache is reused across the turns: prefill the prompts, decode attempt 1 with
+``lax.while_loop`` (until every row stopped or the slot is full), grow the cache from the
+prompt and attempt-1 slots to the whole row, prefill the instruction, decode attempt 2.
+The sampler runs the weights in the compute dtype, with unrolled layers (see
+``model.for_decoding``). Each sampled token's fp32
 log-probability under the model (untempered, unfiltered: the quantity the trainer
 recomputes) is recorded.
 """
@@ -32,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.model import Decoder, KVCache, empty_cache, positions_from_valid
+from score_jax.model import Decoder, KVCache, empty_cache, for_decoding, positions_from_valid
 from score_jax.sampling.sample import SamplingParams, select_tokens
-from score_jax.sharding import constrain
+from score_jax.sharding import constrain, is_axis_names
 
 Array = jax.Array
 
@@ -200,6 +202,16 @@ def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, l
   return jax.lax.while_loop(keep_going, decode_one, state)
 
 
+def _grow_cache(cache: KVCache, length: int, rules) -> KVCache:
+  """The same cache with empty (invalid) slots appended up to ``length`` slots."""
+  def grow(x, names):
+    slot_axis = names.index('cache_length')
+    padding = [(0, 0)] * x.ndim
+    padding[slot_axis] = (0, length - x.shape[slot_axis])
+    return constrain(jnp.pad(x, padding), names, rules)
+  return jax.tree.map(grow, cache, cache.logical_axes(), is_leaf=is_axis_names)
+
+
 def _prefill(model: Decoder, params, cache: KVCache, tokens: Array, positions: Array,
              valid: Array, start_slot: int):
   """Writes a right-aligned block into the cache; returns its last slot's logits [B, V]."""
@@ -227,10 +239,13 @@ def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_va
   """
   batch = prompts.shape[0]
   rules = model.mesh_rules
+  model, params = for_decoding(model, params)
   prompts = constrain(prompts.astype(jnp.int32), ('batch', 'length'), rules)
   prompt_valid = constrain(prompt_valid.astype(bool), ('batch', 'length'), rules)
   prompt_positions = positions_from_valid(prompt_valid)
-  cache = empty_cache(model.config, batch, spec.total_len, mesh_rules=rules)
+  # Attempt 1 attends over its own slots and the prompt's only: its cache stops there and
+  # grows to the whole row before the instruction (attention reads every slot it has).
+  cache = empty_cache(model.config, batch, spec.instruction_start, mesh_rules=rules)
   rng_attempt1, rng_attempt2 = jax.random.split(rng)
 
   logits, cache = _prefill(model, params, cache, prompts, prompt_positions, prompt_valid, 0)
@@ -250,7 +265,8 @@ def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_va
     instruction_valid = jnp.broadcast_to(jnp.asarray(instruction_valid), (batch, width))
     instruction_positions = (attempt1.next_position[:, None] +
                              jnp.cumsum(instruction_valid, axis=1, dtype=jnp.int32) - 1)
-    logits, cache = _prefill(model, params, attempt1.cache, instruction, instruction_positions,
+    cache = _grow_cache(attempt1.cache, spec.total_len, rules)
+    logits, cache = _prefill(model, params, cache, instruction, instruction_positions,
                              instruction_valid, spec.instruction_start)
     attempt2 = _decode_attempt(model, params, spec, cache, logits,
                                attempt1.next_position + len(spec.instruction_tokens),
