@@ -295,8 +295,10 @@ def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigD
   """
   config = base_train_config()
   config.model_preset = preset
+  # scan_decode: unrolling the sampler's layers would need a second, per-layer copy of the
+  # weights on chips these models fill, and compiles that grow with the depth.
   config.model = model_config(preset, param_dtype=param_dtype, dtype='bfloat16',
-                              scan_layers=True, remat_policy='full')
+                              scan_layers=True, scan_decode=True, remat_policy='full')
   config.tpu = tpu
   config.mesh = mesh
   config.task.name = 'math'
@@ -334,7 +336,7 @@ def shrink_for_aot_test(config: ml_collections.ConfigDict, tiny_preset: str,
   """The same config with a tiny model, slots and batch on a small topology (tests)."""
   config.model_preset = tiny_preset
   config.model = model_config(tiny_preset, param_dtype='float32', dtype='bfloat16',
-                              scan_layers=True, remat_policy='full')
+                              scan_layers=True, scan_decode=True, remat_policy='full')
   config.tpu = tpu
   config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)
   config.rollout.prompt_len = 16

@@ -1,5 +1,6 @@
 """The two-turn rollout against a cache-free reference, log-prob agreement, padding, compiles."""
 
+import dataclasses
 import functools
 
 import jax
@@ -66,9 +67,12 @@ def model_and_spec(preset):
   return model, params, spec_stopping_early(model, params)
 
 
-@pytest.mark.parametrize('preset', ['tiny', 'tiny_gemma2'])
-def test_greedy_rollout_equals_cache_free_reference(preset):
+@pytest.mark.parametrize('preset, scan_decode', [('tiny', False), ('tiny_gemma2', False),
+                                                 ('tiny', True)])
+def test_greedy_rollout_equals_cache_free_reference(preset, scan_decode):
+  """Both decoding layouts: unrolled layers with a cache per layer, or the scanned stack."""
   model, params, spec = model_and_spec(preset)
+  model = Decoder(dataclasses.replace(model.config, scan_decode=scan_decode))
   tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
   out = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(0),
                                      SamplingParams.greedy())
@@ -123,6 +127,30 @@ def test_sampled_logprobs_equal_a_full_forward(preset):
   np.testing.assert_allclose(np.asarray(out.logprobs)[attempts],
                              np.asarray(recomputed)[attempts], atol=1e-4)
   assert np.asarray(out.logprobs)[attempts].min() < -2  # Real samples, not only arg-maxes.
+
+
+@pytest.mark.parametrize('preset', ['tiny', 'tiny_gemma2'])
+def test_bf16_sampling_logprobs_agree_with_the_trainer(preset):
+  """A bf16 sampler records log-probs close to the trainer's bf16 and fp32 recomputations.
+
+  Measured: mean |difference| 0.004-0.006 and max 0.03-0.13, so the PPO ratio of a fresh
+  rollout stays well within its 0.2 clip. (A log-prob taken one slot off differs by about 5
+  on average here: the tiny model's mean token log-prob.)
+  """
+  model32, params, spec = model_and_spec(preset)
+  model16 = Decoder(dataclasses.replace(model32.config, dtype='bfloat16'))
+  tokens, valid = pack_prompts(PROMPTS * 8, spec.prompt_len)
+  out = make_rollout_fn(model16, spec)(params, tokens, valid, jax.random.key(2),
+                                       SamplingParams.create(temperature=1.0))
+  attempts = np.isin(np.asarray(out.segments), [ATTEMPT1, ATTEMPT2])
+  assert attempts.sum() > 200
+  sampled = np.asarray(out.logprobs)[attempts]
+  for model in (model16, model32):
+    recomputed = jax.jit(token_logprobs, static_argnums=0)(model, params, out.tokens,
+                                                           out.positions, out.valid)
+    difference = np.abs(sampled - np.asarray(recomputed)[attempts])
+    assert difference.mean() < 0.01 and difference.max() < 0.2, (difference.mean(),
+                                                                 difference.max())
 
 
 def test_single_turn_mode_is_the_first_turn_of_the_two_turn_rollout():
