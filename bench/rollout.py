@@ -32,14 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from machine import describe_machine, matmul_rate  # pylint: disable=wrong-import-position
-from score_jax import config_lib  # pylint: disable=wrong-import-position
-from score_jax.compilation import count_compilations  # pylint: disable=wrong-import-position
-from score_jax.model import Decoder, init_params, token_logprobs  # pylint: disable=wrong-import-position
-from score_jax.sampling import (ATTEMPT1, ATTEMPT2, RolloutSpec, SamplingParams,  # pylint: disable=wrong-import-position
-                                make_rollout_fn, pack_prompts)
+from machine import describe_machine, matmul_rate  # bench/machine.py, beside this script
+from score_jax import config_lib
+from score_jax.compilation import count_compilations
+from score_jax.model import Decoder, init_params, token_logprobs
+from score_jax.sampling import (ATTEMPT1, ATTEMPT2, RolloutSpec, SamplingParams, make_rollout_fn,
+                                pack_prompts)
 
 GGUF_NAME = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -143,7 +141,7 @@ def main():
     params, _ = init_params(Decoder(config), jax.random.key(0))
     name, gguf = f'{args.preset} (random weights)', None
   else:
-    from score_jax.convert import model_config_for, open_pretrained  # pylint: disable=import-outside-toplevel
+    from score_jax.convert import model_config_for, open_pretrained  # pylint: disable=C0415
     gguf = smollm2_gguf()
     pretrained = open_pretrained(gguf)
     config = model_config_for(pretrained)

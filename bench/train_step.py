@@ -18,26 +18,20 @@ layer forward (×4 for reference, forward and backward).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import resource
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from machine import describe_machine, matmul_rate  # pylint: disable=wrong-import-position
-from score_jax import config_lib  # pylint: disable=wrong-import-position
-from score_jax.compilation import count_compilations  # pylint: disable=wrong-import-position
-from score_jax.model import Decoder, init_params  # pylint: disable=wrong-import-position
-from score_jax.sampling import RolloutSpec, pack_trajectories  # pylint: disable=wrong-import-position
-from score_jax.train_steps import (RLStepConfig, TrainState, make_optimizer,  # pylint: disable=wrong-import-position
-                                   make_rl_step)
+from machine import describe_machine, matmul_rate  # bench/machine.py, beside this script
+from score_jax import config_lib
+from score_jax.compilation import count_compilations
+from score_jax.model import Decoder, init_params
+from score_jax.sampling import RolloutSpec, pack_trajectories
+from score_jax.train_steps import RLStepConfig, TrainState, make_optimizer, make_rl_step
 
 
 def step_flops(config, num_params: int, tokens_per_row: int, rows: int) -> float:
@@ -111,9 +105,9 @@ def main():
   flops = step_flops(model_config, num_params, spec.total_len, rows)
   achieved = flops / median
   max_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  print(f'| model | dtype | remat | rows x slots | median s | tokens/s | GFLOP/step | '
-        f'achieved GFLOP/s | of matmul rate | compile s | step memory GiB | max RSS GiB | '
-        f'recompiles |')
+  print('| model | dtype | remat | rows x slots | median s | tokens/s | GFLOP/step | '
+        'achieved GFLOP/s | of matmul rate | compile s | step memory GiB | max RSS GiB | '
+        'recompiles |')
   print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   peak = f'{peak_bytes / 2**30:.2f}' if peak_bytes is not None else 'n/a'
   print(f'| {args.preset} ({num_params / 1e6:.0f}M) | {args.dtype} | {args.remat} | '

@@ -161,7 +161,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, inputs: AttentionInputs, is_local: Array | bool,
                cache: tuple[Array, Array] | None, layer_index: Array | None):
-    """Returns (output [B, T, D], updated (k, v) cache stacks or None).
+    """Returns (output [B, T, D], the updated (k, v) caches as given, or None).
 
     Args:
       x: normalised hidden states [B, T, D].
@@ -194,8 +194,8 @@ class Attention(nn.Module):
                             c).astype(dtype)
     q = constrain((inputs.rotary.apply(q) * c.query_scale).astype(dtype),
                   ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-    key = constrain(inputs.rotary.apply(key).astype(dtype), ('batch', 'length', 'kv_heads', 'head_dim'),
-                    self.mesh_rules)
+    key = constrain(inputs.rotary.apply(key).astype(dtype),
+                    ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
     value = constrain(value, ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
 
     if cache is not None:
