@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import make_model, random_tokens, tiny_config
-from score_jax.model import Decoder, init_cache, positions_from_valid, preset_names
+from score_jax.model import (Decoder, init_cache, positions_from_valid, preset_names,
+                             unstack_layers)
 from score_jax.model.layers import rope_inverse_frequencies
 
 PRESETS = ['tiny', 'tiny_gemma2']
@@ -81,19 +82,11 @@ def test_invalid_slots_inside_a_row_do_not_change_valid_logits(preset):
                                atol=1e-4)
 
 
-def stack_to_layers(params, num_layers):
-  """Scanned (stacked) parameters → the unrolled layout with one subtree per layer."""
-  unrolled = {k: v for k, v in params.items() if k != 'layers'}
-  for i in range(num_layers):
-    unrolled[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
-  return unrolled
-
-
 @pytest.mark.parametrize('preset', PRESETS)
 def test_scanned_and_unrolled_layers_agree(preset):
   model, params, _ = make_model(preset)
   unrolled_model = Decoder(tiny_config(preset, scan_layers=False))
-  unrolled = stack_to_layers(params, model.config.num_layers)
+  unrolled = unstack_layers(params, model.config.num_layers)
   tokens = random_tokens(4, (2, 12), model.config.vocab_size)
   valid = jnp.ones((2, 12), bool)
   np.testing.assert_allclose(full_logits(unrolled_model, unrolled, tokens, valid),

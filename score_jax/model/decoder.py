@@ -250,8 +250,8 @@ def unstack_layers(params, num_layers: int):
 def fuse_mlp_kernels(params):
   """Replaces every MLP's gate and up kernels [.., D, F] by one ``gate_up_kernel`` [.., D, 2, F].
 
-  ``GatedMLP`` then computes both projections in one matmul (about twice as fast as two when
-  a decode step's few rows make each matmul read-bound).
+  ``GatedMLP`` then computes both projections in one matmul: half the dispatches of a decode
+  step's up-projections (on two CPU cores, a batch-32 SmolLM2 step about 1.5% faster).
   """
   if not isinstance(params, dict):
     return params

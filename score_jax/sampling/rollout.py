@@ -18,9 +18,8 @@ The KV cache is reused across the turns: prefill the prompts, decode attempt 1 w
 ``lax.while_loop`` (until every row stopped or the slot is full), grow the cache from the
 prompt and attempt-1 slots to the whole row, prefill the instruction, decode attempt 2.
 The sampler runs the weights in the compute dtype, with unrolled layers (see
-``model.for_decoding``). Each sampled token's fp32
-log-probability under the model (untempered, unfiltered: the quantity the trainer
-recomputes) is recorded.
+``model.for_decoding``). Each sampled token's fp32 log-probability under the model
+(untempered, unfiltered: the quantity the trainer recomputes) is recorded.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import numpy as np
 
 from score_jax.model import Decoder, KVCache, empty_cache, for_decoding, positions_from_valid
 from score_jax.sampling.sample import SamplingParams, select_tokens
-from score_jax.sharding import constrain, is_axis_names
+from score_jax.sharding import constrain
 
 Array = jax.Array
 
@@ -209,7 +208,7 @@ def _grow_cache(cache: KVCache, length: int, rules) -> KVCache:
     padding = [(0, 0)] * x.ndim
     padding[slot_axis] = (0, length - x.shape[slot_axis])
     return constrain(jnp.pad(x, padding), names, rules)
-  return jax.tree.map(grow, cache, cache.logical_axes(), is_leaf=is_axis_names)
+  return jax.tree.map(grow, cache, cache.logical_axes())
 
 
 def _prefill(model: Decoder, params, cache: KVCache, tokens: Array, positions: Array,
