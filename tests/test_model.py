@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import make_model, random_tokens, tiny_config
-from score_jax.model import (Decoder, init_cache, positions_from_valid, preset_names,
-                             unstack_layers)
+from score_jax.model import (Decoder, for_decoding, init_cache, positions_from_valid,
+                             preset_names, unstack_layers)
 from score_jax.model.layers import rope_inverse_frequencies
 
 PRESETS = ['tiny', 'tiny_gemma2']
@@ -90,6 +90,26 @@ def test_scanned_and_unrolled_layers_agree(preset):
   tokens = random_tokens(4, (2, 12), model.config.vocab_size)
   valid = jnp.ones((2, 12), bool)
   np.testing.assert_allclose(full_logits(unrolled_model, unrolled, tokens, valid),
+                             full_logits(model, params, tokens, valid), atol=1e-4)
+
+
+@pytest.mark.parametrize('preset, overrides', [
+    ('tiny', dict(qkv_bias=True, tie_embeddings=False)),
+    ('tiny', dict(scan_decode=True, tie_embeddings=False)),
+    ('tiny_gemma2', {}),
+])
+def test_decoding_layout_computes_the_same_function(preset, overrides):
+  """``for_decoding``'s output-major, gate/up-fused (and unrolled) twin: the same logits."""
+  model, params, _ = make_model(preset, **overrides)  # Random weights, biases included.
+  decoding_model, decoding_params = for_decoding(model, params)
+  assert decoding_model.config.decoding_layout
+  assert decoding_model.config.scan_layers == bool(overrides.get('scan_decode'))
+  mlp = (decoding_params['layers'] if 'layers' in decoding_params
+         else decoding_params['layer_0'])['mlp']
+  assert set(mlp) == {'gate_up_kernel', 'down_kernel'}
+  tokens = random_tokens(7, (2, 12), model.config.vocab_size)
+  valid = jnp.ones((2, 12), bool)
+  np.testing.assert_allclose(full_logits(decoding_model, decoding_params, tokens, valid),
                              full_logits(model, params, tokens, valid), atol=1e-4)
 
 
