@@ -60,10 +60,14 @@ def chunked_target_logprobs(logits_fn: Callable[[Array], Array], hidden: Array, 
   @jax.checkpoint  # The backward pass recomputes a chunk's logits rather than storing them.
   def one_chunk(args):
     h, y = args
-    logp_all = jax.nn.log_softmax(logits_fn(h).astype(jnp.float32), axis=-1)
-    logp = jnp.take_along_axis(logp_all, y[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logits = logits_fn(h).astype(jnp.float32)
+    # log p(y) = logit(y) - logsumexp(logits): no second [.., V] array of log-probs.
+    log_normaliser = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, y[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logp = target_logit - log_normaliser
     if not with_entropy:
       return logp, jnp.zeros_like(logp)
+    logp_all = logits - log_normaliser[..., None]
     return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
 
   logp, entropy = jax.lax.map(one_chunk, (hidden_chunks, target_chunks))
