@@ -179,8 +179,9 @@ def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, l
       choosable = jnp.where(in_vocab, choosable, -jnp.inf)
     token = select_tokens(choosable, jax.random.fold_in(rng, state.step), sampling, spec.top_k)
     token = jnp.where(active, token, spec.pad_id)
-    logp_all = jax.nn.log_softmax(state.logits, axis=-1)
-    logp = jnp.where(active, jnp.take_along_axis(logp_all, token[:, None], axis=-1)[:, 0], 0.0)
+    # log p(token) = logit(token) - logsumexp(logits), without a [B, V] log-softmax array.
+    token_logit = jnp.take_along_axis(state.logits, token[:, None], axis=-1)[:, 0]
+    logp = jnp.where(active, token_logit - jax.nn.logsumexp(state.logits, axis=-1), 0.0)
     # Feed the token: its keys/values enter the cache and its logits predict the next one.
     next_logits, cache = apply(token[:, None], state.next_position[:, None], active[:, None],
                                cache=state.cache, cache_index=start_slot + state.step)
