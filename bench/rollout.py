@@ -15,7 +15,8 @@ Ratios are taken per repeat and the median is reported.
 The roofline is the measured rate of a large matmul in the rollout's compute dtype divided by
 the FLOPs of one generated token (2 × parameters, the output matrix included); attention's
 FLOPs are left out, so the fraction is an upper bound of the machine's use. The last line is
-a one-line summary.
+a one-line summary. Like bench/train_step.py, the script re-executes itself with the malloc
+settings of ``machine.MALLOC_TUNABLES`` unless given ``--default_malloc``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from machine import describe_machine, matmul_rate  # bench/machine.py, beside this script
+# bench/machine.py, beside this script.
+from machine import describe_machine, matmul_rate, use_tuned_malloc
 from score_jax import config_lib
 from score_jax.compilation import count_compilations
 from score_jax.model import Decoder, init_params, token_logprobs
@@ -131,7 +133,10 @@ def main():
   parser.add_argument('--random_weights', action='store_true',
                       help='random weights of --preset instead of the SmolLM2 checkpoint')
   parser.add_argument('--preset', default='smollm2_135m', help='with --random_weights')
+  parser.add_argument('--default_malloc', action='store_true',
+                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
   args = parser.parse_args()
+  malloc = use_tuned_malloc(args.default_malloc)
 
   hf_dtypes = [d for d in args.hf_dtypes.split(',') if d]
   if args.random_weights:
@@ -152,6 +157,7 @@ def main():
   num_params = sum(x.size for x in jax.tree.leaves(params))
 
   print(f'# rollout benchmark: {name}, {describe_machine()}; jax {jax.__version__}')
+  print(malloc)
   rate = matmul_rate(args.dtype)
   roofline = rate / (2 * num_params)
   print(f'# measured matmul rate ({args.dtype} operands, fp32 results): {rate / 1e9:.0f} '

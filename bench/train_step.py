@@ -13,6 +13,11 @@ compiled step's memory; the last line is a one-line summary.
 FLOPs counted per token: 2·N for the reference forward and 6·N for the policy's forward and
 backward (N = parameters, the tied output matrix included), plus attention's 2·2·S·H·Dh per
 layer forward (×4 for reference, forward and backward).
+
+By default the script re-executes itself with glibc malloc settings that back large arrays
+with transparent huge pages and keep freed memory (``machine.MALLOC_TUNABLES``): the step's
+gigabytes of temporaries otherwise cost millions of page faults per step.
+``--default_malloc`` keeps glibc's defaults.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from machine import describe_machine, matmul_rate  # bench/machine.py, beside this script
+# bench/machine.py, beside this script.
+from machine import describe_machine, matmul_rate, use_tuned_malloc
 from score_jax import config_lib
 from score_jax.compilation import count_compilations
 from score_jax.model import Decoder, init_params
@@ -52,7 +58,10 @@ def main():
   parser.add_argument('--remat', default='none', help="remat policy: none, dots, full, ...")
   parser.add_argument('--logprob_chunk', type=int, default=256)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--default_malloc', action='store_true',
+                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
   args = parser.parse_args()
+  malloc = use_tuned_malloc(args.default_malloc)
 
   model_config = config_lib.build_model_config(config_lib.model_config(
       args.preset, dtype=args.dtype, param_dtype='float32', remat_policy=args.remat))
@@ -79,6 +88,7 @@ def main():
   state = TrainState.create(params, tx)
 
   print(f'# train-step benchmark: {describe_machine()}; jax {jax.__version__}')
+  print(malloc)
   rate = matmul_rate(args.dtype)
   print(f'# measured matmul rate ({args.dtype} operands, fp32 results, 2048^3): '
         f'{rate / 1e9:.0f} GFLOP/s')
