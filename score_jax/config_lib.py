@@ -69,10 +69,10 @@ def _parse_like(default: Any, value: str, key: str) -> Any:
 
 def model_config(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
   """Every ``ModelConfig`` field, filled from a named preset, as a ConfigDict."""
-  settings = [f for f in dataclasses.fields(ModelConfig) if not f.metadata.get('internal')]
-  values = {f.name: f.default for f in settings if f.default is not dataclasses.MISSING}
+  values = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+            if f.default is not dataclasses.MISSING}
   values.update(presets.get_preset(preset))
-  unknown = sorted(set(overrides) - {f.name for f in settings})
+  unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
   if unknown:
     raise ValueError(f'Unknown model settings {unknown}.')
   values.update(overrides)

@@ -95,14 +95,13 @@ def test_scanned_and_unrolled_layers_agree(preset):
 
 @pytest.mark.parametrize('preset, overrides', [
     ('tiny', dict(qkv_bias=True, tie_embeddings=False)),
-    ('tiny', dict(scan_decode=True, tie_embeddings=False)),
+    ('tiny', dict(scan_decode=True)),
     ('tiny_gemma2', {}),
 ])
-def test_decoding_layout_computes_the_same_function(preset, overrides):
-  """``for_decoding``'s output-major, gate/up-fused (and unrolled) twin: the same logits."""
+def test_sampler_twin_computes_the_same_function(preset, overrides):
+  """``for_decoding``'s gate/up-fused (and, unless scan_decode, unrolled) twin: same logits."""
   model, params, _ = make_model(preset, **overrides)  # Random weights, biases included.
   decoding_model, decoding_params = for_decoding(model, params)
-  assert decoding_model.config.decoding_layout
   assert decoding_model.config.scan_layers == bool(overrides.get('scan_decode'))
   mlp = (decoding_params['layers'] if 'layers' in decoding_params
          else decoding_params['layer_0'])['mlp']

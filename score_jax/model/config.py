@@ -68,11 +68,6 @@ class ModelConfig:
   # place and read without slicing a stack. True keeps the scanned body for decoding too
   # (no second copy of the weights, short compiles: for models that fill the chips' memory).
   scan_decode: bool = False
-  # Set by ``model.for_decoding`` on the sampler's twin (not a config setting): every
-  # projection kernel is held output-major, [outputs..., inputs...], so that a matmul
-  # contracts the minor axis of both operands, and each MLP's gate and up kernels are one
-  # [2, F, D] kernel.
-  decoding_layout: bool = dataclasses.field(default=False, metadata={'internal': True})
   remat_policy: str = 'none'  # Rematerialisation of each layer under differentiation.
 
   def __post_init__(self):
