@@ -43,8 +43,8 @@ def matmul_rate(dtype: str = 'float32', size: int = 2048, repeats: int = 10) -> 
 # glibc's malloc backs every large array with fresh mmap'd 4 KiB pages, so a step that
 # allocates gigabytes of temporaries spends much of its time in page faults. Backing
 # them with transparent huge pages and keeping freed memory in the process avoids most of
-# that: one SmolLM2-shape update on two CPU cores goes from 4.7M page faults and ~31 s to
-# 18k faults and ~26 s. (Any other process can be given the same setting.)
+# that: one SmolLM2-shape update on two CPU cores goes from 4.7M page faults and ~29 s to
+# 18k faults and ~25 s. (Any other process can be given the same setting.)
 MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
                    'glibc.malloc.trim_threshold=1000000000000')
 
