@@ -51,11 +51,12 @@ MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
 
 def use_tuned_malloc(default_malloc: bool) -> str:
   """Re-executes this script with ``GLIBC_TUNABLES=MALLOC_TUNABLES`` unless the variable is
-  already set or ``default_malloc``; returns a line saying which malloc settings apply."""
+  already set (which then applies) or ``default_malloc``; returns a line saying which malloc
+  settings apply."""
+  if 'GLIBC_TUNABLES' in os.environ:
+    return f"# malloc: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} (from the environment)"
   if default_malloc:
     return '# malloc: glibc defaults (--default_malloc)'
-  if 'GLIBC_TUNABLES' in os.environ:
-    return f"# malloc: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
   if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
     return '# malloc: platform defaults'
   sys.stdout.flush()
