@@ -54,12 +54,13 @@ def use_tuned_malloc(default_malloc: bool) -> str:
   already set (which then applies) or ``default_malloc``; returns a line saying which malloc
   settings apply."""
   if 'GLIBC_TUNABLES' in os.environ:
-    return f"# malloc: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} (from the environment)"
+    source = 'set by the bench' if os.environ.get('BENCH_TUNED_MALLOC') else 'from the environment'
+    return f"# malloc: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} ({source})"
   if default_malloc:
     return '# malloc: glibc defaults (--default_malloc)'
   if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
     return '# malloc: platform defaults'
   sys.stdout.flush()
   os.execve(sys.executable, [sys.executable] + sys.argv,
-            dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES))
+            dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, BENCH_TUNED_MALLOC='1'))
   raise AssertionError('unreachable')
