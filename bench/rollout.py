@@ -118,23 +118,60 @@ def logprob_agreement(model_f32, params, rollout) -> tuple[float, float]:
   return float(difference.mean()), float(difference.max())
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--batch', default='8,32,64', help='comma-separated batch sizes')
+NEVER_SAMPLED = -1  # The stop token of every side: no row stops early.
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, batch: str) -> None:
+  """The flags the rollout benches share: batch sizes, slot widths, temperature, repeats."""
+  parser.add_argument('--batch', default=batch, help='comma-separated batch sizes')
   parser.add_argument('--prompt_len', type=int, default=64)
   parser.add_argument('--attempt_len', type=int, default=128)
   parser.add_argument('--instruction_len', type=int, default=32)
+  parser.add_argument('--temperature', type=float, default=1.0)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--default_malloc', action='store_true',
+                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
+
+
+class Workload:
+  """The random instruction and prompts every side gets, and our rollout's slot layout."""
+
+  def __init__(self, args: argparse.Namespace, vocab_size: int):
+    self.args, self.vocab_size = args, vocab_size
+    self.rng = np.random.default_rng(0)
+    self.instruction = self.rng.integers(3, vocab_size, args.instruction_len).tolist()
+    self.spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
+                            stop_tokens=(NEVER_SAMPLED,),
+                            instruction_tokens=tuple(self.instruction),
+                            attempt2_len=args.attempt_len)
+
+  def batches(self):
+    """Yields (batch size, that many random prompts), for each size in --batch."""
+    for batch in (int(b) for b in self.args.batch.split(',')):
+      yield batch, [self.rng.integers(3, self.vocab_size, self.args.prompt_len).tolist()
+                    for _ in range(batch)]
+
+
+def print_row(cells, flush: bool = False) -> None:
+  """One markdown table row."""
+  print('| ' + ' | '.join(str(cell) for cell in cells) + ' |', flush=flush)
+
+
+def print_header(header) -> None:
+  print_row(header)
+  print('|' + '---|' * len(header))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  add_workload_arguments(parser, batch='8,32,64')
   parser.add_argument('--dtype', default='bfloat16',
                       help='our compute dtype (weights are read in fp32 and cast once)')
   parser.add_argument('--hf_dtypes', default='float32',
                       help="comma-separated torch dtypes for transformers ('' skips it)")
-  parser.add_argument('--temperature', type=float, default=1.0)
-  parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--random_weights', action='store_true',
                       help='random weights of --preset instead of the SmolLM2 checkpoint')
   parser.add_argument('--preset', default='smollm2_135m', help='with --random_weights')
-  parser.add_argument('--default_malloc', action='store_true',
-                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
   args = parser.parse_args()
   malloc = use_tuned_malloc(args.default_malloc)
 
@@ -165,23 +202,16 @@ def main():
   print(f'# P={args.prompt_len} L1=L2={args.attempt_len} I={args.instruction_len}, temperature '
         f'{args.temperature}, our compute dtype {args.dtype}, {args.repeats} repeats')
 
-  rng = np.random.default_rng(0)
-  instruction = rng.integers(3, config.vocab_size, args.instruction_len).tolist()
-  spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
-                     stop_tokens=(-1,), instruction_tokens=tuple(instruction),
-                     attempt2_len=args.attempt_len)
+  workload = Workload(args, config.vocab_size)
   header = ['batch', 'tokens', 'ours s', 'ours tokens/s', 'of roofline', 'compile s',
             'recompiles']
   for dtype in hf_dtypes:
     header += [f'transformers {dtype} tokens/s', f'ratio vs {dtype}']
-  print('| ' + ' | '.join(header) + ' |')
-  print('|' + '---|' * len(header))
+  print_header(header)
   summaries = []
-  for batch in (int(b) for b in args.batch.split(',')):
-    prompts = [rng.integers(3, config.vocab_size, args.prompt_len).tolist()
-               for _ in range(batch)]
-    ours = OurRollout(model, params, spec, prompts, args.temperature)
-    peers = [TransformersRollout(gguf, dtype, prompts, instruction, args.attempt_len,
+  for batch, prompts in workload.batches():
+    ours = OurRollout(model, params, workload.spec, prompts, args.temperature)
+    peers = [TransformersRollout(gguf, dtype, prompts, workload.instruction, args.attempt_len,
                                  args.temperature) for dtype in hf_dtypes]
     ours_times, peer_times = [], [[] for _ in peers]
     with count_compilations() as recompiles:
@@ -199,7 +229,7 @@ def main():
       ratio = statistics.median(p / o for p, o in zip(times, ours_times))
       ratios.append((dtype, ratio))
       row += [f'{tokens / statistics.median(times):.0f}', f'{ratio:.2f}x']
-    print('| ' + ' | '.join(str(x) for x in row) + ' |', flush=True)
+    print_row(row, flush=True)
     text = f'batch {batch}: {ours_rate:.0f} tokens/s'
     if ratios:
       text += ', ' + ', '.join(f'{r:.1f}x transformers {d}' for d, r in ratios)

@@ -43,7 +43,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tunix
 from tunix.generate import sampler as sampler_lib
 from tunix.models import dummy_model_creator
@@ -51,14 +50,11 @@ from tunix.models.llama3 import model as llama3
 
 # bench/machine.py and bench/rollout.py, beside this script.
 from machine import describe_machine, use_tuned_malloc
-from rollout import OurRollout
+from rollout import (NEVER_SAMPLED, OurRollout, Workload, add_workload_arguments, print_header,
+                     print_row)
 from score_jax import config_lib
 from score_jax.compilation import count_compilations
 from score_jax.model import Decoder, init_params
-from score_jax.sampling import RolloutSpec
-
-NEVER_SAMPLED = -1  # Both sides' stop token: no row stops early.
-
 
 class IdTokenizer:
   """Tunix's tokenizer protocol over raw token ids: a text is its ids, space-separated."""
@@ -141,23 +137,16 @@ class TunixRollout:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--batch', default='8,32', help='comma-separated batch sizes')
-  parser.add_argument('--prompt_len', type=int, default=64)
-  parser.add_argument('--attempt_len', type=int, default=128)
-  parser.add_argument('--instruction_len', type=int, default=32)
+  add_workload_arguments(parser, batch='8,32')
   parser.add_argument('--dtype', default='bfloat16',
                       help='our compute dtype (weights are kept in fp32 and cast once)')
   parser.add_argument('--tunix_dtype', default='float32',
                       help="Tunix's weight dtype, which is its compute dtype")
   parser.add_argument('--tunix_logprobs', action='store_true',
                       help="ask Tunix for the sampled tokens' log-probs (ours records them)")
-  parser.add_argument('--temperature', type=float, default=1.0)
-  parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--preset', default='smollm2_135m')
   parser.add_argument('--layers', type=int, default=0,
                       help="override the preset's layer count (e.g. 2 for a quick test)")
-  parser.add_argument('--default_malloc', action='store_true',
-                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
   args = parser.parse_args()
   malloc = use_tuned_malloc(args.default_malloc)
 
@@ -178,22 +167,15 @@ def main():
         f'Tunix {args.tunix_dtype}; Tunix log-probs {"on" if args.tunix_logprobs else "off"}; '
         f'{args.repeats} repeats')
 
-  rng = np.random.default_rng(0)
-  instruction = rng.integers(3, config.vocab_size, args.instruction_len).tolist()
-  spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
-                     stop_tokens=(NEVER_SAMPLED,), instruction_tokens=tuple(instruction),
-                     attempt2_len=args.attempt_len)
+  workload = Workload(args, config.vocab_size)
   header = ['batch', 'tokens', 'ours s', 'ours tokens/s', 'ours first call s (compiles)',
             'ours recompiles', 'tunix s', 'tunix tokens/s', 'tunix first call s (compiles)',
             'tunix recompiles', 'ratio']
-  print('| ' + ' | '.join(header) + ' |')
-  print('|' + '---|' * len(header))
+  print_header(header)
   summaries = []
-  for batch in (int(b) for b in args.batch.split(',')):
-    prompts = [rng.integers(3, config.vocab_size, args.prompt_len).tolist()
-               for _ in range(batch)]
-    ours = OurRollout(model, params, spec, prompts, args.temperature)
-    peer = TunixRollout(transformer, config, prompts, instruction, args.attempt_len,
+  for batch, prompts in workload.batches():
+    ours = OurRollout(model, params, workload.spec, prompts, args.temperature)
+    peer = TunixRollout(transformer, config, prompts, workload.instruction, args.attempt_len,
                         args.temperature, args.tunix_logprobs)
     ours_times, tunix_times = [], []
     recompiles = [0, 0]
@@ -210,7 +192,7 @@ def main():
            f'{ours.first_call_s:.1f} ({ours.compiles})', recompiles[0], f'{tunix_s:.2f}',
            f'{tokens / tunix_s:.0f}', f'{peer.first_call_s:.1f} ({peer.compiles})', recompiles[1],
            f'{ratio:.2f}x']
-    print('| ' + ' | '.join(str(x) for x in row) + ' |', flush=True)
+    print_row(row, flush=True)
     summaries.append(f'batch {batch}: {ratio:.1f}x tunix ({tokens / ours_s:.0f} vs '
                      f'{tokens / tunix_s:.0f} tokens/s)')
   print('; '.join(summaries))
