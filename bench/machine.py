@@ -26,16 +26,20 @@ def describe_machine() -> str:
           f'({device.platform})')
 
 
-def matmul_rate(dtype: str = 'float32', size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted [size, size] @ [size, size] matmul: operands in ``dtype``, fp32
-  results (as the model's matmuls); the median of ``repeats`` timed runs."""
-  a = jnp.ones((size, size), dtype)
+def matmul_rate(dtype: str = 'float32', size: int | None = None, repeats: int = 10) -> float:
+  """FLOP/s of a jitted [size, size] @ [size, size] matmul of random operands in ``dtype``
+  with fp32 results (as the model's matmuls); the median of ``repeats`` timed runs.
+  ``size`` defaults to 2048 on a CPU and 8192 on an accelerator (enough to fill one)."""
+  if size is None:
+    size = 2048 if jax.default_backend() == 'cpu' else 8192
+  a, b = (jax.random.normal(key, (size, size), dtype) for key in
+          jax.random.split(jax.random.key(0)))
   fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-  fn(a, a).block_until_ready()
+  fn(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    fn(a, a).block_until_ready()
+    fn(a, b).block_until_ready()
     times.append(time.perf_counter() - start)
   return 2 * size**3 / statistics.median(times)
 

@@ -4,6 +4,12 @@ r"""Two-turn rollout throughput on SmolLM2-135M, side by side with ``transformer
   python bench/rollout.py                           # batch 8, 32 and 64, 3 alternating repeats
   python bench/rollout.py --batch=32 --repeats=5 --hf_dtypes=float32,bfloat16
   python bench/rollout.py --random_weights --preset=tiny --hf_dtypes=   # no transformers
+  python bench/rollout.py --random_weights   # SmolLM2 shape, random weights, both sides
+
+With ``--random_weights`` the random parameters are exported to a temporary Hugging Face
+checkpoint for ``transformers`` to load, so both sides still run the same weights; the speed
+of a rollout that never stops early does not depend on their values. On a GPU (JAX's default
+backend), ``transformers`` runs on the GPU as well (``--hf_device``).
 
 Each repeat times our jitted rollout (prompt 64 → attempt 1 of 128 → instruction of 32 →
 attempt 2 of 128, temperature 1.0) and then ``transformers`` doing the same two turns on the
@@ -79,19 +85,25 @@ class OurRollout:
 class TransformersRollout:
   """The same two turns with ``transformers`` generate (sampling, no early stop)."""
 
-  def __init__(self, gguf_path, dtype, prompts, instruction, attempt_len, temperature):
+  def __init__(self, checkpoint, dtype, device, prompts, instruction, attempt_len, temperature):
+    """``checkpoint``: a GGUF file or a Hugging Face checkpoint directory."""
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    self.torch = torch
+    self.torch, self.device = torch, torch.device(device)
+    if os.path.isdir(checkpoint):
+      where = dict(pretrained_model_name_or_path=checkpoint)
+    else:
+      where = dict(pretrained_model_name_or_path=os.path.dirname(checkpoint),
+                   gguf_file=os.path.basename(checkpoint))
     self.model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-        dtype=getattr(torch, dtype)).eval()
-    self.prompts = torch.tensor(prompts)
-    self.instruction = torch.tensor([instruction]).expand(len(prompts), -1)
+        **where, dtype=getattr(torch, dtype)).to(self.device).eval()
+    self.prompts = torch.tensor(prompts, device=self.device)
+    self.instruction = torch.tensor([instruction], device=self.device).expand(len(prompts), -1)
     self.kwargs = dict(max_new_tokens=attempt_len, min_new_tokens=attempt_len, do_sample=True,
                        temperature=temperature, top_k=0, top_p=1.0, pad_token_id=0)
-    self.version = f'transformers {transformers.__version__}, torch {torch.__version__} ' \
-                   f'({torch.get_num_threads()} threads)'
+    where = (torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else
+             f'{torch.get_num_threads()} CPU threads')
+    self.version = f'transformers {transformers.__version__}, torch {torch.__version__} ({where})'
     self.time(0)  # Warm-up.
 
   def generate(self, ids):
@@ -103,6 +115,8 @@ class TransformersRollout:
     with self.torch.no_grad():
       first = self.generate(self.prompts)
       second = self.generate(self.torch.cat([first, self.instruction], dim=1))
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     assert second.shape[1] == self.prompts.shape[1] + 2 * self.kwargs['max_new_tokens'] + \
         self.instruction.shape[1], second.shape
@@ -116,6 +130,19 @@ def logprob_agreement(model_f32, params, rollout) -> tuple[float, float]:
   sampled = np.isin(np.asarray(rollout.segments), [ATTEMPT1, ATTEMPT2])
   difference = np.abs(np.asarray(rollout.logprobs) - np.asarray(recomputed))[sampled]
   return float(difference.mean()), float(difference.max())
+
+
+def export_for_transformers(params, config) -> str:
+  """Writes random ``params`` as a Hugging Face checkpoint in a temporary directory (removed
+  at exit) and returns the directory."""
+  import atexit  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from score_jax.convert.hf import export  # pylint: disable=import-outside-toplevel
+  directory = tempfile.mkdtemp(prefix='rollout-bench-')
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  export(params, config, directory)
+  return directory
 
 
 NEVER_SAMPLED = -1  # The stop token of every side: no row stops early.
@@ -172,20 +199,25 @@ def main():
   parser.add_argument('--random_weights', action='store_true',
                       help='random weights of --preset instead of the SmolLM2 checkpoint')
   parser.add_argument('--preset', default='smollm2_135m', help='with --random_weights')
+  parser.add_argument('--hf_device', default='auto',
+                      help="torch device for transformers: cpu, cuda, or auto (cuda when JAX's "
+                           'default backend is a GPU)')
   args = parser.parse_args()
   malloc = use_tuned_malloc(args.default_malloc)
 
   hf_dtypes = [d for d in args.hf_dtypes.split(',') if d]
+  hf_device = args.hf_device
+  if hf_device == 'auto':
+    hf_device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
   if args.random_weights:
-    if hf_dtypes:
-      sys.exit('--random_weights times score-jax alone: pass --hf_dtypes= as well.')
     config = config_lib.build_model_config(config_lib.model_config(args.preset))
     params, _ = init_params(Decoder(config), jax.random.key(0))
-    name, gguf = f'{args.preset} (random weights)', None
+    name = f'{args.preset} (random weights)'
+    checkpoint = export_for_transformers(params, config) if hf_dtypes else None
   else:
     from score_jax.convert import model_config_for, open_pretrained  # pylint: disable=C0415
-    gguf = smollm2_gguf()
-    pretrained = open_pretrained(gguf)
+    checkpoint = smollm2_gguf()
+    pretrained = open_pretrained(checkpoint)
     config = model_config_for(pretrained)
     params = pretrained.load_params(config)
     name = 'SmolLM2-135M-Instruct'
@@ -211,7 +243,7 @@ def main():
   summaries = []
   for batch, prompts in workload.batches():
     ours = OurRollout(model, params, workload.spec, prompts, args.temperature)
-    peers = [TransformersRollout(gguf, dtype, prompts, workload.instruction, args.attempt_len,
+    peers = [TransformersRollout(checkpoint, dtype, hf_device, prompts, workload.instruction, args.attempt_len,
                                  args.temperature) for dtype in hf_dtypes]
     ours_times, peer_times = [], [[] for _ in peers]
     with count_compilations() as recompiles:

@@ -90,8 +90,8 @@ def main():
   print(f'# train-step benchmark: {describe_machine()}; jax {jax.__version__}')
   print(malloc)
   rate = matmul_rate(args.dtype)
-  print(f'# measured matmul rate ({args.dtype} operands, fp32 results, 2048^3): '
-        f'{rate / 1e9:.0f} GFLOP/s')
+  print(f'# measured matmul rate ({args.dtype} operands, fp32 results, random square '
+        f'operands): {rate / 1e9:.0f} GFLOP/s')
 
   start = time.perf_counter()
   compiled = step.lower(state, reference, batch, r1, r2, jax.random.key(0)).compile()
