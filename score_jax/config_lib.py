@@ -17,7 +17,7 @@ import ml_collections
 
 from score_jax import sharding
 from score_jax.model import presets
-from score_jax.model.config import ModelConfig
+from score_jax.model.config import DERIVED_FIELDS, ModelConfig
 
 
 def quiet_library_logs() -> None:
@@ -68,11 +68,11 @@ def _parse_like(default: Any, value: str, key: str) -> Any:
 
 
 def model_config(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """Every ``ModelConfig`` field, filled from a named preset, as a ConfigDict."""
-  values = {f.name: f.default for f in dataclasses.fields(ModelConfig)
-            if f.default is not dataclasses.MISSING}
+  """Every ``ModelConfig`` setting, filled from a named preset, as a ConfigDict."""
+  settings = [f for f in dataclasses.fields(ModelConfig) if f.name not in DERIVED_FIELDS]
+  values = {f.name: f.default for f in settings if f.default is not dataclasses.MISSING}
   values.update(presets.get_preset(preset))
-  unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
+  unknown = sorted(set(overrides) - {f.name for f in settings})
   if unknown:
     raise ValueError(f'Unknown model settings {unknown}.')
   values.update(overrides)

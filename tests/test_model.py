@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import make_model, random_tokens, tiny_config
-from score_jax.model import (Decoder, for_decoding, init_cache, positions_from_valid,
-                             preset_names, unstack_layers)
+from score_jax import config_lib
+from score_jax.model import (Decoder, for_decoding, init_cache, init_params,
+                             positions_from_valid, preset_names, unstack_layers)
 from score_jax.model.layers import rope_inverse_frequencies
 
 PRESETS = ['tiny', 'tiny_gemma2']
@@ -93,21 +94,50 @@ def test_scanned_and_unrolled_layers_agree(preset):
                              full_logits(model, params, tokens, valid), atol=1e-4)
 
 
+@pytest.mark.parametrize('kernel_layout', ['input_major', 'output_major'])
 @pytest.mark.parametrize('preset, overrides', [
     ('tiny', dict(qkv_bias=True, tie_embeddings=False)),
     ('tiny', dict(scan_decode=True)),
     ('tiny_gemma2', {}),
 ])
-def test_sampler_twin_computes_the_same_function(preset, overrides):
-  """``for_decoding``'s twin (unrolled unless scan_decode): the same logits."""
+def test_sampler_twin_computes_the_same_function(preset, overrides, kernel_layout):
+  """``for_decoding``'s twin (unrolled unless scan_decode, in either kernel layout): the
+  same logits, from parameters shaped as the twin itself declares them."""
   model, params, _ = make_model(preset, **overrides)  # Random weights, biases included.
-  decoding_model, decoding_params = for_decoding(model, params)
+  decoding_model, decoding_params = for_decoding(model, params, kernel_layout)
   assert decoding_model.config.scan_layers == bool(overrides.get('scan_decode'))
+  assert decoding_model.config.kernel_layout == kernel_layout
   assert ('layers' in decoding_params) == bool(overrides.get('scan_decode'))
+  declared = jax.eval_shape(lambda: init_params(decoding_model, jax.random.key(0))[0])
+  assert jax.tree.map(jnp.shape, declared) == jax.tree.map(jnp.shape, decoding_params)
   tokens = random_tokens(7, (2, 12), model.config.vocab_size)
   valid = jnp.ones((2, 12), bool)
   np.testing.assert_allclose(full_logits(decoding_model, decoding_params, tokens, valid),
                              full_logits(model, params, tokens, valid), atol=1e-4)
+
+
+def test_cpu_decoding_uses_output_major_kernels():
+  """On CPUs the twin's dense kernels are [outputs, inputs] matrices (the layout whose
+  decode-step matmuls XLA's CPU kernels run fastest); the trained model keeps its own."""
+  model, params, _ = make_model('tiny', tie_embeddings=False)
+  c = model.config
+  decoding_model, decoding_params = for_decoding(model, params)
+  assert decoding_model.config.kernel_layout == 'output_major'
+  assert model.config.kernel_layout == 'input_major'
+  layer = decoding_params['layer_0']
+  assert layer['attn']['q_kernel'].shape == (c.num_heads * c.head_dim, c.d_model)
+  assert layer['attn']['o_kernel'].shape == (c.d_model, c.num_heads * c.head_dim)
+  assert layer['mlp']['down_kernel'].shape == (c.d_model, c.mlp_dim)
+  assert decoding_params['unembedding'].shape == (c.vocab_size, c.d_model)
+  np.testing.assert_array_equal(
+      layer['attn']['q_kernel'],
+      params['layers']['attn']['q_kernel'][0].reshape(c.d_model, -1).T.astype(c.jnp_dtype))
+
+
+def test_kernel_layout_is_not_a_config_setting():
+  with pytest.raises(ValueError, match='kernel_layout'):
+    config_lib.model_config('tiny', kernel_layout='output_major')
+  assert 'kernel_layout' not in config_lib.model_config('tiny')
 
 
 @pytest.mark.parametrize('policy', ['full', 'dots'])

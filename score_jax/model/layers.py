@@ -7,6 +7,7 @@ key/value head, Dh head width, F MLP width, L layers.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -129,6 +130,34 @@ def mask_bias(mask: Array) -> Array:
   return jnp.where(mask, 0.0, _MASKED_LOGIT).astype(jnp.float32)
 
 
+def kernel_param(module: nn.Module, name: str, in_shape: tuple[int, ...],
+                 out_shape: tuple[int, ...], names: tuple[str, ...], config: ModelConfig):
+  """Declares a dense kernel from ``in_shape`` to ``out_shape`` in the configured layout:
+  [*in_shape, *out_shape] with logical axis ``names`` ('input_major'), or a 2-D
+  [prod(out_shape), prod(in_shape)] matrix ('output_major', see ``ModelConfig.kernel_layout``).
+  """
+  n_in = len(in_shape)
+  if config.kernel_layout == 'output_major':
+    return param(module, name, dense_init((1,), (0,)), (math.prod(out_shape), math.prod(in_shape)),
+                 (None, None), config)
+  return param(module, name, dense_init(tuple(range(n_in)), tuple(range(n_in, len(names)))),
+               in_shape + out_shape, names, config)
+
+
+def dense(spec: str, x: Array, kernel: Array, out_shape: tuple[int, ...],
+          config: ModelConfig) -> Array:
+  """x [B, T, *in] times a kernel of ``kernel_param``, in fp32: ``matmul(spec, ...)`` for an
+  input-major kernel; for an output-major one, one 2-D product contracting both operands'
+  minor axes, reshaped to [B, T, *out_shape]."""
+  if config.kernel_layout != 'output_major':
+    return matmul(spec, x, kernel, config.jnp_dtype)
+  b, t = x.shape[:2]
+  rows = x.reshape(b * t, kernel.shape[1]).astype(config.jnp_dtype)
+  out = jax.lax.dot_general(rows, kernel.astype(config.jnp_dtype), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  return out.reshape(b, t, *out_shape)
+
+
 def matmul(spec: str, x: Array, kernel: Array, dtype) -> Array:
   """``einsum(spec, x, kernel)`` with both operands in ``dtype``, accumulated and returned in fp32.
 
@@ -186,17 +215,13 @@ class Attention(nn.Module):
     c = self.config
     h, k, hd, d = c.num_heads, c.num_kv_heads, c.head_dim, c.d_model
     dtype = c.jnp_dtype
-    q_kernel = param(self, 'q_kernel', dense_init((0,), (1, 2)), (d, h, hd),
-                     ('embed', 'heads', 'head_dim'), c)
-    k_kernel = param(self, 'k_kernel', dense_init((0,), (1, 2)), (d, k, hd),
-                     ('embed', 'kv_heads', 'head_dim'), c)
-    v_kernel = param(self, 'v_kernel', dense_init((0,), (1, 2)), (d, k, hd),
-                     ('embed', 'kv_heads', 'head_dim'), c)
-    o_kernel = param(self, 'o_kernel', dense_init((0, 1), (2,)), (h, hd, d),
-                     ('heads', 'head_dim', 'embed'), c)
-    q = matmul('btd,dhk->bthk', x, q_kernel, dtype)
-    key = matmul('btd,dhk->bthk', x, k_kernel, dtype)
-    value = matmul('btd,dhk->bthk', x, v_kernel, dtype).astype(dtype)
+    q_kernel = kernel_param(self, 'q_kernel', (d,), (h, hd), ('embed', 'heads', 'head_dim'), c)
+    k_kernel = kernel_param(self, 'k_kernel', (d,), (k, hd), ('embed', 'kv_heads', 'head_dim'), c)
+    v_kernel = kernel_param(self, 'v_kernel', (d,), (k, hd), ('embed', 'kv_heads', 'head_dim'), c)
+    o_kernel = kernel_param(self, 'o_kernel', (h, hd), (d,), ('heads', 'head_dim', 'embed'), c)
+    q = dense('btd,dhk->bthk', x, q_kernel, (h, hd), c)
+    key = dense('btd,dhk->bthk', x, k_kernel, (k, hd), c)
+    value = dense('btd,dhk->bthk', x, v_kernel, (k, hd), c).astype(dtype)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + param(self, 'q_bias', zeros, (h, hd), ('heads', 'head_dim'), c)
@@ -235,7 +260,7 @@ class Attention(nn.Module):
     out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
     out = out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-    out = matmul('bthk,hkd->btd', out, o_kernel, dtype).astype(dtype)
+    out = dense('bthk,hkd->btd', out, o_kernel, (d,), c).astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), cache
 
 
@@ -249,28 +274,20 @@ class GatedMLP(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     dtype = c.jnp_dtype
-    gate_kernel = lambda: param(self, 'gate_kernel', dense_init((0,), (1,)),
-                                (c.d_model, c.mlp_dim), ('embed', 'mlp'), c)
-    up_kernel = lambda: param(self, 'up_kernel', dense_init((0,), (1,)), (c.d_model, c.mlp_dim),
-                              ('embed', 'mlp'), c)
-    down = param(self, 'down_kernel', dense_init((0,), (1,)), (c.mlp_dim, c.d_model),
-                 ('mlp', 'embed'), c)
-    if self.has_variable('params', 'gate_up_kernel'):
-      # The decoding layout ([D, 2, F], see ``decoder.for_decoding``): one matmul for both
-      # projections, split along a new axis so that an 'mlp'-sharded F stays local.
-      fused = self.get_variable('params', 'gate_up_kernel')
-      both = matmul('btd,dnf->btnf', x, fused, dtype)
-      gate_act, up_act = both[:, :, 0], both[:, :, 1]
-    else:
-      gate_act = matmul('btd,df->btf', x, gate_kernel(), dtype)
-      up_act = matmul('btd,df->btf', x, up_kernel(), dtype)
+    d, f = c.d_model, c.mlp_dim
+    # Declared in this order because each parameter's initial values depend on it.
+    down = kernel_param(self, 'down_kernel', (f,), (d,), ('mlp', 'embed'), c)
+    gate = kernel_param(self, 'gate_kernel', (d,), (f,), ('embed', 'mlp'), c)
+    up = kernel_param(self, 'up_kernel', (d,), (f,), ('embed', 'mlp'), c)
+    gate_act = dense('btd,df->btf', x, gate, (f,), c)
+    up_act = dense('btd,df->btf', x, up, (f,), c)
     if c.activation == 'silu':
       gate_act = jax.nn.silu(gate_act)
     else:
       gate_act = jax.nn.gelu(gate_act, approximate=True)
     hidden = (gate_act * up_act).astype(dtype)
     hidden = constrain(hidden, ('batch', 'length', 'mlp'), self.mesh_rules)
-    out = matmul('btf,fd->btd', hidden, down, dtype).astype(dtype)
+    out = dense('btf,fd->btd', hidden, down, (d,), c).astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules)
 
 
