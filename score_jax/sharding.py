@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -247,3 +248,37 @@ def sharded_init(init_fn: Callable[..., Any], mesh_rules: MeshRules | None, *arg
     return jax.jit(unboxed_fn)(*args), axes
   out_shardings = mesh_rules.shardings(axes, nn.meta.unbox(abstract_boxed))
   return jax.jit(unboxed_fn, out_shardings=out_shardings)(*args), axes
+
+
+def map_row_chunks(fn: Callable[..., Any], chunks: int, rows: Any, per_chunk: Any = None):
+  """``fn(chunk_rows, chunk_extra)`` over ``chunks`` chunks of rows, one chunk after another
+  (``lax.map``, so only one chunk's intermediates are alive), with the results put back in
+  row order.
+
+  Args:
+    fn: takes a pytree like ``rows`` with B / chunks rows (and that chunk's entry of
+      ``per_chunk``, when given); returns a pytree of arrays with a leading row axis.
+    chunks: how many chunks; it must divide B.
+    rows: a pytree of arrays with a leading row axis of size B. Chunk c holds rows c,
+      c + chunks, c + 2 * chunks, ...: strided, so that each chunk is spread over the batch
+      sharding as the whole batch is and no row moves between devices.
+    per_chunk: optional pytree whose leaves have a leading axis of size ``chunks`` (one PRNG
+      key per chunk, say).
+  """
+  if chunks == 1:
+    return fn(rows) if per_chunk is None else fn(rows, jax.tree.map(lambda x: x[0], per_chunk))
+  batch = jax.tree.leaves(rows)[0].shape[0]
+  if batch % chunks:
+    raise ValueError(f'{chunks} chunks must divide the batch ({batch} rows).')
+
+  def split(x):
+    return jnp.swapaxes(x.reshape(batch // chunks, chunks, *x.shape[1:]), 0, 1)
+
+  def merge(x):
+    return jnp.swapaxes(x, 0, 1).reshape(batch, *x.shape[2:])
+
+  if per_chunk is None:
+    out = jax.lax.map(fn, jax.tree.map(split, rows))
+  else:
+    out = jax.lax.map(lambda args: fn(*args), (jax.tree.map(split, rows), per_chunk))
+  return jax.tree.map(merge, out)

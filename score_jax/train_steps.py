@@ -19,6 +19,7 @@ import optax
 from score_jax.model import Decoder, token_logprobs
 from score_jax.rl import RLBatch, RLSettings, rl_loss, sft_loss, stage_token_weights
 from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2, Rollout
+from score_jax.sharding import map_row_chunks
 
 Array = jax.Array
 
@@ -119,9 +120,11 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, config: RLStepConf
   REINFORCE is the on-policy case (one epoch, one minibatch); PPO reuses the batch for
   ``ppo_epochs`` passes with the sampler's log-probs as π_old.
   """
-  ref_logp = jax.lax.stop_gradient(token_logprobs(
-      model, ref_params, rollout.tokens, rollout.positions, rollout.valid,
-      chunk_size=config.logprob_chunk))
+  # The reference forward runs one minibatch of rows at a time, like the updates, so that
+  # its activations never span the whole batch.
+  ref_logp = jax.lax.stop_gradient(map_row_chunks(
+      lambda rows: token_logprobs(model, ref_params, *rows, chunk_size=config.logprob_chunk),
+      config.minibatches, (rollout.tokens, rollout.positions, rollout.valid)))
   weights = stage_token_weights(
       config.stage, r1, r2, rollout.segments, alpha=config.alpha, beta1=config.beta1,
       beta2=config.beta2, num_samples=config.num_samples, baseline=config.baseline,

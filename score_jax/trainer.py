@@ -40,7 +40,7 @@ from score_jax.checkpoints import Checkpointer, abstract_like, abstract_train_st
 from score_jax.compilation import count_compilations
 from score_jax.evaluation import Evaluator
 from score_jax.experiment import Experiment
-from score_jax.model import abstract_params
+from score_jax.model import abstract_params, cast_floating
 from score_jax.sampling import SamplingParams, make_rollout_fn, pack_trajectories
 from score_jax.sampling.templates import attempt_texts
 from score_jax.tasks.base import Trace
@@ -110,8 +110,11 @@ class Trainer:
     self.params = params
     self.known_base_eval = base_eval
     sample_shardings = self.sample_model.mesh_rules.shardings(axes, params)
-    # Sampling reads weights at every token: gather them once per rollout instead.
-    self.to_sampling_layout = jax.jit(lambda p: p, out_shardings=sample_shardings)
+    # Sampling reads weights at every token: gather them once per rollout instead, in the
+    # compute dtype the sampler runs them in (for fp32 parameters, a copy half the size).
+    compute = self.sample_model.config.jnp_dtype
+    self.to_sampling_layout = jax.jit(lambda p: cast_floating(p, compute),
+                                      out_shardings=sample_shardings)
 
     self.rollout_fns = {
         True: make_rollout_fn(self.sample_model, experiment.rollout_spec(two_turns=True)),

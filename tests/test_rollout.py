@@ -203,6 +203,8 @@ def test_spec_validation():
                 instruction_tokens=(1, 2, 3), instruction_len=2)
   with pytest.raises(ValueError, match='At least one stop token'):
     RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=())
+  with pytest.raises(ValueError, match='row_chunks must be positive'):
+    RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=(1,), row_chunks=0)
 
 
 def test_sharded_greedy_rollout_equals_single_device():
@@ -222,6 +224,29 @@ def test_sharded_greedy_rollout_equals_single_device():
   np.testing.assert_array_equal(got.tokens, expected.tokens)
   np.testing.assert_array_equal(got.valid, expected.valid)
   np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-4)
+
+
+def test_rollout_in_row_chunks_equals_the_whole_batch():
+  """Rows decoded two chunks at a time, each chunk with its own KV cache, give the greedy
+  rollout of the whole batch at once, and every row stays on the devices it started on."""
+  model, params, spec = model_and_spec('tiny_gemma2')
+  mesh_rules = sharding.MeshRules(sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}),
+                                  sharding.SAMPLE_RULES)
+  _, _, axes = make_model('tiny_gemma2')
+  sharded_params = jax.device_put(params, mesh_rules.shardings(axes, params))
+  tokens, valid = pack_prompts(PROMPTS * 2, spec.prompt_len)
+  expected = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(4),
+                                          SamplingParams.greedy())
+  chunked = dataclasses.replace(spec, row_chunks=2)
+  got = make_rollout_fn(Decoder(model.config, mesh_rules), chunked)(
+      sharded_params, tokens, valid, jax.random.key(4), SamplingParams.greedy())
+  assert got.tokens.sharding.spec[0] == ('data', 'fsdp')
+  for name in ('tokens', 'valid', 'positions', 'segments', 'stopped'):
+    np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+  np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-4)
+  with pytest.raises(ValueError, match=r'row_chunks \(3\) must divide the batch \(8 rows\)'):
+    make_rollout_fn(model, dataclasses.replace(spec, row_chunks=3))(
+        params, tokens, valid, jax.random.key(4), SamplingParams.greedy())
 
 
 def test_packed_trajectories_match_the_sampled_layout():

@@ -170,6 +170,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     ({'rl.algorithm': 'ppo2'}, r"rl.algorithm must be one of \('reinforce', 'ppo'\)"),
     ({'rl.ppo_epochs': 2}, r'rl.algorithm=reinforce is on-policy'),
     ({'model.num_kv_heads': 3}, r'model.num_heads \(4\) must be divisible'),
+    ({'rollout.row_chunks': 0}, r'rollout.row_chunks must be positive; got 0'),
+    ({'rollout.row_chunks': 3}, r'rollout.row_chunks \(3\) must divide rl.batch_size \(16\)'),
 ])
 def test_bad_settings_stop_at_start_up(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -264,9 +264,7 @@ def for_decoding(model: Decoder, params, kernel_layout: str | None = None):
   109 GiB per chip, for about 1.5% of CPU decode speed.)
   """
   c = model.config
-  compute = c.jnp_dtype
-  params = jax.tree.map(
-      lambda x: x.astype(compute) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+  params = cast_floating(params, c.jnp_dtype)
   if kernel_layout is None:
     kernel_layout = 'output_major' if _platform(model) == 'cpu' else c.kernel_layout
   changes = {}
@@ -282,6 +280,17 @@ def for_decoding(model: Decoder, params, kernel_layout: str | None = None):
   if changes:
     model = Decoder(dataclasses.replace(c, **changes), model.mesh_rules)
   return model, params
+
+
+def cast_floating(tree, dtype):
+  """``tree`` with every floating-point leaf (array or ``ShapeDtypeStruct``) in ``dtype``."""
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+  return jax.tree.map(cast, tree)
 
 
 # How many leading (input) axes each dense kernel has in the checkpoint layout.

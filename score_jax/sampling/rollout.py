@@ -35,7 +35,7 @@ import numpy as np
 
 from score_jax.model import Decoder, KVCache, empty_cache, for_decoding, positions_from_valid
 from score_jax.sampling.sample import SamplingParams, select_tokens
-from score_jax.sharding import constrain
+from score_jax.sharding import constrain, map_row_chunks
 
 Array = jax.Array
 
@@ -63,6 +63,9 @@ class RolloutSpec:
   # Only ids below this are ever sampled (a model's vocabulary is often padded beyond its
   # tokenizer's); 0 allows the model's whole vocabulary.
   vocab_size: int = 0
+  # The rows are decoded in this many chunks, one after another, each with its own KV cache
+  # of batch / row_chunks rows: for batches whose whole-batch cache does not fit in memory.
+  row_chunks: int = 1
 
   def __post_init__(self):
     if self.prompt_len <= 0 or self.attempt1_len <= 0:
@@ -81,6 +84,8 @@ class RolloutSpec:
       raise ValueError(f'top_k must be >= 0; got {self.top_k}.')
     if self.vocab_size < 0:
       raise ValueError(f'vocab_size must be >= 0; got {self.vocab_size}.')
+    if self.row_chunks <= 0:
+      raise ValueError(f'row_chunks must be positive; got {self.row_chunks}.')
 
   @property
   def two_turns(self) -> bool:
@@ -231,15 +236,33 @@ def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_va
     params: policy parameters.
     prompts: [B, P] int32 prompt tokens, left-padded (see ``pack_prompts``).
     prompt_valid: [B, P] bool; the last slot of every row must be valid.
-    rng: PRNG key; split per decoded step.
+    rng: PRNG key; split per decoded step (and first per row chunk, so that a chunked
+      rollout samples other tokens than an unchunked one; greedy decoding is the same).
     sampling: temperature and top-p (arrays: changing them does not recompile).
 
   Returns:
     A ``Rollout`` with [B, spec.total_len] arrays.
+
+  Raises:
+    ValueError: ``spec.row_chunks`` does not divide the batch.
   """
+  model, params = for_decoding(model, params)
+  batch, chunks = prompts.shape[0], spec.row_chunks
+  if chunks == 1:  # The same program as before row chunks existed (and the same samples).
+    return _rollout_rows(model, spec, params, prompts, prompt_valid, rng, sampling)
+  if batch % chunks:
+    raise ValueError(f'row_chunks ({chunks}) must divide the batch ({batch} rows).')
+  out = map_row_chunks(
+      lambda rows, key: _rollout_rows(model, spec, params, *rows, key, sampling),
+      chunks, (prompts, prompt_valid), jax.random.split(rng, chunks))
+  return jax.tree.map(lambda x: constrain(x, ('batch', 'length'), model.mesh_rules), out)
+
+
+def _rollout_rows(model: Decoder, spec: RolloutSpec, params, prompts: Array,
+                  prompt_valid: Array, rng: Array, sampling: SamplingParams) -> Rollout:
+  """``rollout`` of one chunk of rows, with the decoding twin and its weights."""
   batch = prompts.shape[0]
   rules = model.mesh_rules
-  model, params = for_decoding(model, params)
   prompts = constrain(prompts.astype(jnp.int32), ('batch', 'length'), rules)
   prompt_valid = constrain(prompt_valid.astype(bool), ('batch', 'length'), rules)
   prompt_positions = positions_from_valid(prompt_valid)
