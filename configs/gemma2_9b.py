@@ -1,4 +1,4 @@
-r"""SCoRe on MATH with Gemma 2 9B on a v5p-64 slice (32 chips).
+r"""SCoRe on MATH with Gemma 2 9B on a v5p-32 slice (16 chips).
 
   python -m score_jax.train --config=configs/gemma2_9b.py --workdir=gs://BUCKET/run \
       --config.task.path=/data/MATH --config.task.heldout_ids=/data/math500_test.jsonl
@@ -8,9 +8,9 @@ The paper's MATH setting (Kumar et al., 2024, Table 8): Adam at 5e-6, batches of
 two-attempt rollouts, sampling temperature 1.0, alpha 10, beta1 0.01, beta2 0.1, greedy
 evaluation. Stage lengths are not reported: Stage I, then Stage II, over the paper's 3000
 steps. Memory and step-time figures per chip, and why the mesh is what it is: docs/aot.md.
-In short: the whole batch's KV cache (512 rows x 2688 slots) rules out a v5p-32, tensor=4
-keeps the sampling copy of the weights small, and the update runs as two minibatches of 256
-rollouts.
+In short: tensor=4 keeps the sampling copy of the weights small, the rollout decodes its rows
+in two chunks (a whole-batch KV cache would not fit), and the update runs as four minibatches
+of 128 rollouts (one PPO epoch).
 
 Variant (after the colon): ``tiny`` keeps every setting but shrinks the model, slots and batch
 and targets a v5e:2x2 topology (the check's own test).
@@ -26,9 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, tiny=False)
   config = config_lib.paper_math_config(
       preset='gemma2_9b', template='gemma',
-      tpu=aot.tpu_config('v5p', '2x4x4'),  # v5p-64
-      mesh=config_lib.mesh_config(data=1, fsdp=8, tensor=4),
-      minibatches=2)
+      tpu=aot.tpu_config('v5p', '2x2x4'),  # v5p-32
+      mesh=config_lib.mesh_config(data=1, fsdp=4, tensor=4),
+      minibatches=4, row_chunks=2)
   if args.tiny:
     config_lib.shrink_for_aot_test(config, 'tiny_gemma2', aot.tpu_config('v5e', '2x2'))
   return config

@@ -25,8 +25,9 @@ including when the compiler itself runs out of HBM (``RESOURCE_EXHAUSTED``).
 What lives in HBM during a step (as ``score_jax.train`` holds it): the train state (policy
 parameters and Adam moments) and the frozen reference throughout; during the rollout, the
 sampling-layout copy of the weights, the prompts and the rollout's own buffers (KV cache,
-logits); during the update, the rollout batch, the update's temporaries and the sampling
-copy too (``Trainer._rl_step`` still holds it while the update runs).
+logits; one chunk of rows at a time with ``rollout.row_chunks``); during the update, the
+rollout batch and the update's temporaries (the sampling copy is gone by then:
+``Trainer._sample`` drops it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from ml_collections import config_flags
 import optax
 
 from score_jax import config_lib, sharding
-from score_jax.model import Decoder, ModelConfig, empty_cache
+from score_jax.model import Decoder, ModelConfig, cast_floating, empty_cache
 from score_jax.sampling import Rollout, RolloutSpec, SamplingParams, make_rollout_fn
 from score_jax.train_steps import RLStepConfig, TrainState, make_optimizer, make_rl_step
 
@@ -219,7 +220,7 @@ def rollout_spec(config: ml_collections.ConfigDict) -> RolloutSpec:
   return RolloutSpec(prompt_len=r.prompt_len, attempt1_len=r.attempt1_len, stop_tokens=(1,),
                      instruction_tokens=(2,) * r.instruction_len,
                      attempt2_len=r.attempt2_len, instruction_len=r.instruction_len,
-                     top_k=r.top_k)
+                     top_k=r.top_k, row_chunks=r.get('row_chunks', 1))
 
 
 def rl_step_config(config: ml_collections.ConfigDict, kind: str) -> RLStepConfig:
@@ -275,7 +276,7 @@ def rollout_flops(c: ModelConfig, spec: RolloutSpec, batch: int) -> dict[str, fl
                      _attention_flops(c, prefill_tokens, slots))
   decode_step = batch * (2 * (body + head) + _attention_flops(c, 1, slots))
   return dict(prefill=prefill, decode_step=decode_step, decode_steps=decode_steps,
-              total=prefill + decode_steps * decode_step)
+              total=prefill + decode_steps * decode_step, row_chunks=spec.row_chunks)
 
 
 # ---- compiling -----------------------------------------------------------------------------
@@ -423,7 +424,9 @@ def check(config: ml_collections.ConfigDict) -> Result:
 
   params_shape, axes = abstract_params(train_model)
   params = _with_shardings(params_shape, train_rules.shardings(axes, params_shape))
-  sample_params = _with_shardings(params_shape, sample_rules.shardings(axes, params_shape))
+  # The trainer gathers the weights for sampling in the compute dtype (Trainer.__init__).
+  sample_shape = cast_floating(params_shape, model_config.jnp_dtype)
+  sample_params = _with_shardings(sample_shape, sample_rules.shardings(axes, sample_shape))
   tx = make_optimizer(config.rl.optimizer, phase_steps)
   state = abstract_train_state(params, tx, train_rules)
   reference = params
@@ -435,7 +438,9 @@ def check(config: ml_collections.ConfigDict) -> Result:
   prompt_valid = _sds((batch, spec.prompt_len), bool, prompt_rows)
   scalar = _sds((), jnp.float32, train_rules.replicated())
   sampling = SamplingParams(temperature=scalar, top_p=scalar)
-  cache_shape = jax.eval_shape(lambda: empty_cache(model_config, batch, length))
+  # One chunk of rows decodes at a time (rollout.row_chunks), each with its own cache.
+  cache_shape = jax.eval_shape(lambda: empty_cache(model_config, batch // spec.row_chunks,
+                                                   length))
   cache = _with_shardings(cache_shape, sample_rules.shardings(cache_shape.logical_axes(),
                                                               cache_shape))
   sizes = dict(params=bytes_per_chip(state.params), optimizer=bytes_per_chip(state.opt_state),
@@ -452,11 +457,11 @@ def check(config: ml_collections.ConfigDict) -> Result:
 
   resident = sizes['params'] + sizes['optimizer'] + sizes['reference']
   phase_peaks = dict(rollout=resident + programs['rollout'].peak,
-                     update=programs['update'].peak + sizes['sampling_copy'])
+                     update=programs['update'].peak)
   hbm = int(tpu.hbm_gib * GIB)
   flops = dict(update=update_flops(c, config, batch, length),
                rollout=rollout_flops(c, spec, batch))
-  seconds = _implied_seconds(tpu, c, flops, sizes)
+  seconds = _implied_seconds(tpu, flops, sizes)
   failed = [key for key, program in programs.items() if program.out_of_memory]
   worst = max(phase_peaks, key=phase_peaks.get)
   if failed:
@@ -474,18 +479,18 @@ def check(config: ml_collections.ConfigDict) -> Result:
                 phase_peaks[worst] <= hbm)
 
 
-def _implied_seconds(tpu: Slice, c: ModelConfig, flops: dict,
-                     sizes: dict[str, int]) -> dict[str, float]:
+def _implied_seconds(tpu: Slice, flops: dict, sizes: dict[str, int]) -> dict[str, float]:
   """Lower bounds on time: FLOPs at the slice's peak rate; a decode step also has to read
-  the weights (in the compute dtype: the rollout converts float32 ones once) and the whole
-  KV cache from HBM."""
+  the weights (the sampling copy, in the compute dtype) and a chunk's KV cache from HBM,
+  and every chunk of rows decodes its own steps."""
   peak = tpu.peak_tflops * 1e12 * tpu.num_chips
   roll = flops['rollout']
-  weights = sizes['sampling_copy'] * min(1.0, c.jnp_dtype.itemsize / c.jnp_param_dtype.itemsize)
-  read_s = (weights + sizes['kv_cache']) / (tpu.hbm_gbps * 1e9)
-  decode_s = roll['decode_steps'] * max(roll['decode_step'] / peak, read_s)
+  read_s = (sizes['sampling_copy'] + sizes['kv_cache']) / (tpu.hbm_gbps * 1e9)
+  chunks = roll['row_chunks']
+  decode_s = roll['decode_steps'] * chunks * max(roll['decode_step'] / peak / chunks, read_s)
   out = dict(update=flops['update']['executed'] / peak,
-             rollout=roll['prefill'] / peak + decode_s, decode_read=roll['decode_steps'] * read_s)
+             rollout=roll['prefill'] / peak + decode_s,
+             decode_read=roll['decode_steps'] * chunks * read_s)
   out['step'] = out['update'] + out['rollout']
   return out
 
@@ -495,11 +500,11 @@ def _advice(config, c: ModelConfig, mesh, sizes: dict[str, int], programs: dict[
   """What to change, for the two biggest consumers of the phase that does not fit (the
   program's own buffers first when the compiler ran out of HBM for it)."""
   rows = config.rl.batch_size / (mesh.shape['data'] * mesh.shape['fsdp'])
+  spec_chunks = config.rollout.get('row_chunks', 1)
   state_fix = ('raise mesh.fsdp (parameters, Adam moments and the reference are split over '
                'fsdp x tensor)')
   copy_fix = (f'raise mesh.tensor (the sampling copy of the weights, '
-              f'{sizes["sampling_copy"] / GIB:.1f} GiB, is split over tensor only)' +
-              (' or set model.param_dtype=bfloat16' if c.param_dtype == 'float32' else ''))
+              f'{sizes["sampling_copy"] / GIB:.1f} GiB, is split over tensor only)')
   if phase == 'update':
     per_update = rows / config.rl.minibatches
     if c.remat_policy == 'none':
@@ -509,14 +514,13 @@ def _advice(config, c: ModelConfig, mesh, sizes: dict[str, int], programs: dict[
                   f'rl.algorithm=ppo rl.minibatches={config.rl.minibatches * 2}, or give '
                   'data x fsdp more chips')
     parts = [(math.inf if compiler_failed else programs['update'].temporaries, temp_fix),
-             (sizes['sampling_copy'], copy_fix),
              (sizes['params'] + sizes['optimizer'] + sizes['reference'], state_fix)]
   else:
     other = programs['rollout'].temporaries - sizes['kv_cache']
     parts = [(math.inf if compiler_failed else sizes['kv_cache'] + max(other, 0),
-              f'lower the rollout rows per chip ({rows:g} now; the KV cache is '
-              f'{sizes["kv_cache"] / GIB:.1f} GiB): give data x fsdp more chips or shorten '
-              'the rollout slots'),
+              f'decode fewer rows at a time ({rows / spec_chunks:g} per chip now; their KV '
+              f'cache is {sizes["kv_cache"] / GIB:.1f} GiB): raise rollout.row_chunks to '
+              f'{spec_chunks * 2}, give data x fsdp more chips or shorten the rollout slots'),
              (sizes['sampling_copy'], copy_fix),
              (sizes['params'] + sizes['optimizer'] + sizes['reference'], state_fix)]
   parts.sort(key=lambda p: -p[0])
@@ -548,14 +552,17 @@ def format_report(result: Result) -> list[str]:
     lines += [f'  peak in the rollout    {gib(result.phases["rollout"])}   '
               '(train state + reference + rollout program)',
               f'  peak in the update     {gib(result.phases["update"])}   '
-              '(update program + sampling copy still held)',
+              '(update program, train state and reference included)',
               f'  HBM                    {gib(result.hbm)}']
   f, t = result.flops, result.seconds
+  chunks = f['rollout']['row_chunks']
+  chunk_note = f' in each of {chunks} row chunks' if chunks > 1 else ''
   lines += ['FLOPs per RL step (analytic, whole slice):',
             f'  update   {f["update"]["model"]:.3e} model (8N per token + attention), '
             f'{f["update"]["executed"]:.3e} executed with remat -> {t["update"]:.2f} s at peak',
             f'  rollout  {f["rollout"]["total"]:.3e} (worst case: '
-            f'{f["rollout"]["decode_steps"]} decode steps) -> {t["rollout"]:.2f} s '
+            f'{f["rollout"]["decode_steps"]} decode steps'
+            f'{chunk_note}) -> {t["rollout"]:.2f} s '
             f'(HBM reads alone {t["decode_read"]:.2f} s)',
             f'  step     >= {t["step"]:.2f} s at peak',
             'compile: ' + ', '.join(f'{program.name} {program.seconds:.0f} s'

@@ -152,7 +152,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       heldout_ids=''))
   c.rollout = ml_collections.ConfigDict(dict(
       prompt_len=64, attempt1_len=128, instruction_len=0, attempt2_len=128, temperature=1.0,
-      top_p=1.0, top_k=0))
+      top_p=1.0, top_k=0, row_chunks=1))
   # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn, star,
   # pair_sft (score_jax/train.py says what each does).
   c.schedule = 'stage1:100,stage2:100'
@@ -238,6 +238,14 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
   if r.temperature < 0 or not 0 < r.top_p <= 1:
     raise ValueError(f'rollout.temperature must be >= 0 and rollout.top_p in (0, 1]; got '
                      f'{r.temperature} and {r.top_p}.')
+  chunks = r.get('row_chunks', 1)
+  if chunks <= 0:
+    raise ValueError(f'rollout.row_chunks must be positive; got {chunks}.')
+  for section in ('rl', 'eval'):
+    if section in c and c[section].batch_size % chunks:
+      raise ValueError(f'rollout.row_chunks ({chunks}) must divide {section}.batch_size '
+                       f'({c[section].batch_size}): every rollout is split into that many '
+                       f'chunks of rows.')
   for section in ('sft', 'rl', 'self_sft'):
     if section not in c:
       continue  # A config written before the section existed never uses it.
@@ -281,7 +289,8 @@ def toy_arith_task(task: ml_collections.ConfigDict) -> None:
 
 def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigDict,
                       mesh: ml_collections.ConfigDict, minibatches: int,
-                      param_dtype: str = 'float32') -> ml_collections.ConfigDict:
+                      param_dtype: str = 'float32',
+                      row_chunks: int = 1) -> ml_collections.ConfigDict:
   """SCoRe on MATH at scale, with the paper's settings (Kumar et al., 2024, Table 8).
 
   Adam at 5e-6, batches of 512 two-attempt rollouts at temperature 1.0, α = 10, β1 = 0.01,
@@ -290,8 +299,9 @@ def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigD
   worked solutions and the paper's instruction (about 90 tokens in a chat template). The
   update is one PPO epoch over the 512 rollouts in ``minibatches`` parts (the first exactly
   on-policy, the rest importance-corrected and clipped), because one update over every row
-  does not fit a chip's memory (docs/aot.md). The scale configs in ``configs/`` differ only
-  in the arguments.
+  does not fit a chip's memory (docs/aot.md). The rollout decodes its rows in ``row_chunks``
+  chunks, one after another, so that only one chunk's KV cache is in memory. The scale
+  configs in ``configs/`` differ only in the arguments.
   """
   config = base_train_config()
   config.model_preset = preset
@@ -311,6 +321,7 @@ def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigD
   config.rollout.instruction_len = 128
   config.rollout.attempt2_len = 1024
   config.rollout.temperature = 1.0
+  config.rollout.row_chunks = row_chunks
   config.schedule = 'stage1:1000,stage2:2000'
   config.rl.batch_size = 512
   config.rl.num_samples = 4  # Not reported in the paper; RLOO needs at least 2.

@@ -153,7 +153,7 @@ def test_compiler_out_of_memory_does_not_fit():
   assert lines[-1].startswith('does not fit: the compiler ran out of memory for the RL update'), (
       lines[-1])
   assert 'exceeds available HBM (15.75G)' in lines[-1]
-  assert 'rl.minibatches=4' in lines[-1]  # What to change: twice the tiny config's 2.
+  assert 'rl.minibatches=8' in lines[-1]  # What to change: twice the tiny config's 4.
 
 
 @pytest.mark.aot
