@@ -116,3 +116,23 @@ def test_sharded_cached_decode_equals_single_device(mesh_222):
   # [L, B, K, S, Dh] = [4, 4, 2, 16, 16]: batch over data×fsdp (4), KV heads over tensor (2).
   assert cache.k.addressable_shards[0].data.shape == (4, 1, 1, 16, 16)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4)
+
+
+def test_map_row_chunks_runs_strided_chunks_and_restores_row_order():
+  rows = (jnp.arange(12).reshape(6, 2), jnp.arange(6) * 10)
+  seen = []
+
+  def fn(chunk, offset):
+    seen.append(chunk[1].shape)
+    return chunk[0].sum(axis=1) + chunk[1] + offset, chunk[1]
+
+  totals, ids = sharding.map_row_chunks(fn, 3, rows, jnp.asarray([100, 200, 300]))
+  assert seen == [(2,)]  # One traced body for the three chunks of two rows.
+  # Row r is in chunk r % 3 and gets that chunk's offset; results come back in row order.
+  np.testing.assert_array_equal(ids, np.arange(6) * 10)
+  expected = [4 * r + 1 + 10 * r + 100 * (r % 3 + 1) for r in range(6)]
+  np.testing.assert_array_equal(totals, expected)
+  whole = sharding.map_row_chunks(lambda chunk: chunk[1] + 1, 1, rows)
+  np.testing.assert_array_equal(whole, np.arange(6) * 10 + 1)
+  with pytest.raises(ValueError, match=r'4 chunks must divide the batch \(6 rows\)'):
+    sharding.map_row_chunks(lambda chunk: chunk[1], 4, rows)
