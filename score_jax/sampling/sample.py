@@ -129,6 +129,8 @@ def select_tokens(logits: Array, rng: Array, params: SamplingParams, top_k: int 
 
   def sample(_):
     sampled = sample_categorical(rng, filter_logits(logits, params, top_k))
-    return jnp.where(greedy_rows, greedy(None), sampled)
+    # The arg-max is another pass over [B, V] logits: only when some row is greedy.
+    return jax.lax.cond(jnp.any(greedy_rows), lambda s: jnp.where(greedy_rows, greedy(None), s),
+                        lambda s: s, sampled)
 
   return jax.lax.cond(jnp.all(greedy_rows), greedy, sample, None)
