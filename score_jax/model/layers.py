@@ -152,9 +152,7 @@ def dense(spec: str, x: Array, kernel: Array, out_shape: tuple[int, ...],
   if config.kernel_layout != 'output_major':
     return matmul(spec, x, kernel, config.jnp_dtype)
   b, t = x.shape[:2]
-  rows = x.reshape(b * t, kernel.shape[1]).astype(config.jnp_dtype)
-  out = jax.lax.dot_general(rows, kernel.astype(config.jnp_dtype), (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.float32)
+  out = matmul('ri,oi->ro', x.reshape(b * t, kernel.shape[1]), kernel, config.jnp_dtype)
   return out.reshape(b, t, *out_shape)
 
 
