@@ -12,7 +12,7 @@ of a rollout that never stops early does not depend on their values. On a GPU (J
 backend), ``transformers`` runs on the GPU as well (``--hf_device``).
 
 Each repeat times our jitted rollout (prompt 64 → attempt 1 of 128 → instruction of 32 →
-attempt 2 of 128, temperature 1.0) and then ``transformers`` doing the same two turns on the
+attempt 2 of 128, temperature 1.0, attempts decoded in blocks of 32 tokens) and then ``transformers`` doing the same two turns on the
 same weights, prompts and batch: ``generate`` 128 tokens, append the instruction, ``generate``
 128 more. No row stops early (our stop token is out of range; transformers gets
 ``min_new_tokens``), so both produce batch × 256 tokens; prefills are in the wall times.
@@ -156,6 +156,10 @@ def add_workload_arguments(parser: argparse.ArgumentParser, batch: str) -> None:
   parser.add_argument('--instruction_len', type=int, default=32)
   parser.add_argument('--temperature', type=float, default=1.0)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--decode_block_len', type=int, default=32,
+                      help='our attempts are decoded in blocks of this many tokens, the KV '
+                           'cache growing by a block before each (RolloutSpec.decode_block_len; '
+                           '0: one block per attempt)')
   parser.add_argument('--default_malloc', action='store_true',
                       help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
 
@@ -170,7 +174,8 @@ class Workload:
     self.spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
                             stop_tokens=(NEVER_SAMPLED,),
                             instruction_tokens=tuple(self.instruction),
-                            attempt2_len=args.attempt_len)
+                            attempt2_len=args.attempt_len,
+                            decode_block_len=args.decode_block_len)
 
   def batches(self):
     """Yields (batch size, that many random prompts), for each size in --batch."""

@@ -220,7 +220,8 @@ def rollout_spec(config: ml_collections.ConfigDict) -> RolloutSpec:
   return RolloutSpec(prompt_len=r.prompt_len, attempt1_len=r.attempt1_len, stop_tokens=(1,),
                      instruction_tokens=(2,) * r.instruction_len,
                      attempt2_len=r.attempt2_len, instruction_len=r.instruction_len,
-                     top_k=r.top_k, row_chunks=r.get('row_chunks', 1))
+                     top_k=r.top_k, row_chunks=r.get('row_chunks', 1),
+                     decode_block_len=r.get('decode_block_len', 0))
 
 
 def rl_step_config(config: ml_collections.ConfigDict, kind: str) -> RLStepConfig:

@@ -152,7 +152,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       heldout_ids=''))
   c.rollout = ml_collections.ConfigDict(dict(
       prompt_len=64, attempt1_len=128, instruction_len=0, attempt2_len=128, temperature=1.0,
-      top_p=1.0, top_k=0, row_chunks=1))
+      top_p=1.0, top_k=0, row_chunks=1, decode_block_len=0))
   # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn, star,
   # pair_sft (score_jax/train.py says what each does).
   c.schedule = 'stage1:100,stage2:100'
@@ -241,6 +241,9 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
   chunks = r.get('row_chunks', 1)
   if chunks <= 0:
     raise ValueError(f'rollout.row_chunks must be positive; got {chunks}.')
+  if r.get('decode_block_len', 0) < 0:
+    raise ValueError(f'rollout.decode_block_len must be >= 0 (0: one block per attempt); got '
+                     f'{r.decode_block_len}.')
   for section in ('rl', 'eval'):
     if section in c and c[section].batch_size % chunks:
       raise ValueError(f'rollout.row_chunks ({chunks}) must divide {section}.batch_size '

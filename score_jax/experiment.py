@@ -83,7 +83,8 @@ class Experiment:
         instruction_tokens=tuple(template.encode_instruction(tokenizer, instruction)),
         attempt2_len=rollout.attempt2_len, instruction_len=rollout.instruction_len,
         pad_id=tokenizer.pad_id, top_k=rollout.top_k, vocab_size=tokenizer.vocab_size,
-        row_chunks=rollout.get('row_chunks', 1))
+        row_chunks=rollout.get('row_chunks', 1),
+        decode_block_len=rollout.get('decode_block_len', 0))
     model_config = config_lib.build_model_config(
         config.model, pretrained.architecture if pretrained is not None else None)
     if model_config.vocab_size < tokenizer.vocab_size:

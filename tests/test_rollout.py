@@ -67,12 +67,15 @@ def model_and_spec(preset):
   return model, params, spec_stopping_early(model, params)
 
 
-@pytest.mark.parametrize('preset, scan_decode', [('tiny', False), ('tiny_gemma2', False),
-                                                 ('tiny', True)])
-def test_greedy_rollout_equals_cache_free_reference(preset, scan_decode):
-  """Both decoding layouts: unrolled layers with a cache per layer, or the scanned stack."""
+@pytest.mark.parametrize('preset, scan_decode, block', [
+    ('tiny', False, 0), ('tiny_gemma2', False, 0), ('tiny', True, 0),
+    ('tiny', False, 4), ('tiny_gemma2', False, 4), ('tiny', True, 4)])
+def test_greedy_rollout_equals_cache_free_reference(preset, scan_decode, block):
+  """Both decoding layouts: unrolled layers with a cache per layer, or the scanned stack;
+  each attempt in one decode loop, or in blocks of 4 tokens with a cache that grows."""
   model, params, spec = model_and_spec(preset)
   model = Decoder(dataclasses.replace(model.config, scan_decode=scan_decode))
+  spec = dataclasses.replace(spec, decode_block_len=block)
   tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
   out = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(0),
                                      SamplingParams.greedy())
@@ -205,6 +208,31 @@ def test_spec_validation():
     RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=())
   with pytest.raises(ValueError, match='row_chunks must be positive'):
     RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=(1,), row_chunks=0)
+  with pytest.raises(ValueError, match='decode_block_len must be >= 0'):
+    RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=(1,), decode_block_len=-1)
+
+
+def test_decode_blocks_cover_the_attempt():
+  spec = RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=(1,), decode_block_len=4)
+  assert spec.decode_blocks(9) == (4, 8, 9)
+  assert spec.decode_blocks(8) == (4, 8)
+  assert spec.decode_blocks(3) == (3,)
+  assert dataclasses.replace(spec, decode_block_len=0).decode_blocks(9) == (9,)
+
+
+@pytest.mark.parametrize('preset', ['tiny', 'tiny_gemma2'])
+def test_sampling_in_decode_blocks_draws_the_same_tokens(preset):
+  """Blocks change only which empty cache slots attention reads (and masks): a sampled
+  rollout draws the same tokens with the same key and records the same log-probs."""
+  model, params, spec = model_and_spec(preset)
+  tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
+  sampling = SamplingParams.create(1.0)
+  whole = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(6), sampling)
+  blocked = make_rollout_fn(model, dataclasses.replace(spec, decode_block_len=3))(
+      params, tokens, valid, jax.random.key(6), sampling)
+  for name in ('tokens', 'valid', 'positions', 'segments', 'stopped'):
+    np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)
+  np.testing.assert_allclose(blocked.logprobs, whole.logprobs, atol=1e-5)
 
 
 def test_sharded_greedy_rollout_equals_single_device():

@@ -172,6 +172,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     ({'model.num_kv_heads': 3}, r'model.num_heads \(4\) must be divisible'),
     ({'rollout.row_chunks': 0}, r'rollout.row_chunks must be positive; got 0'),
     ({'rollout.row_chunks': 3}, r'rollout.row_chunks \(3\) must divide rl.batch_size \(16\)'),
+    ({'rollout.decode_block_len': -1}, r'rollout.decode_block_len must be >= 0'),
 ])
 def test_bad_settings_stop_at_start_up(changes, message):
   with pytest.raises(ValueError, match=message):

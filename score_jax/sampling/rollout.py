@@ -15,8 +15,11 @@ RoPE positions count valid tokens only, so the model sees one contiguous convers
 the instruction sits "right after" each row's attempt however long it was.
 
 The KV cache is reused across the turns: prefill the prompts, decode attempt 1 with
-``lax.while_loop`` (until every row stopped or the slot is full), grow the cache from the
-prompt and attempt-1 slots to the whole row, prefill the instruction, decode attempt 2.
+``lax.while_loop`` (until every row stopped or the slot is full), prefill the instruction,
+decode attempt 2. Attention reads every slot of the cache, so the cache holds only the slots
+reached so far and those of the current decode block (an attempt is one block unless
+``RolloutSpec.decode_block_len`` is set): it grows before each block, and before the
+instruction by the instruction's slots and attempt 2's first block.
 The sampler runs the weights in the compute dtype, with unrolled layers (see
 ``model.for_decoding``). Each sampled token's fp32 log-probability under the model
 (untempered, unfiltered: the quantity the trainer recomputes) is recorded.
@@ -66,6 +69,11 @@ class RolloutSpec:
   # The rows are decoded in this many chunks, one after another, each with its own KV cache
   # of batch / row_chunks rows: for batches whose whole-batch cache does not fit in memory.
   row_chunks: int = 1
+  # Each attempt is decoded in blocks of this many tokens, and the KV cache grows by one
+  # block before each: attention reads every slot of the cache, so this spares it the
+  # slots of blocks not yet reached, at the price of one more compiled copy of the decode
+  # loop per block and a copy of the cache as it grows. 0 decodes each attempt as one block.
+  decode_block_len: int = 0
 
   def __post_init__(self):
     if self.prompt_len <= 0 or self.attempt1_len <= 0:
@@ -86,6 +94,8 @@ class RolloutSpec:
       raise ValueError(f'vocab_size must be >= 0; got {self.vocab_size}.')
     if self.row_chunks <= 0:
       raise ValueError(f'row_chunks must be positive; got {self.row_chunks}.')
+    if self.decode_block_len < 0:
+      raise ValueError(f'decode_block_len must be >= 0; got {self.decode_block_len}.')
 
   @property
   def two_turns(self) -> bool:
@@ -100,6 +110,12 @@ class RolloutSpec:
   @property
   def total_len(self) -> int:
     return self.prompt_len + self.attempt1_len + self.instruction_width + self.attempt2_len
+
+  def decode_blocks(self, length: int) -> tuple[int, ...]:
+    """The end of every decode block of an attempt of ``length`` slots (see
+    ``decode_block_len``), relative to the attempt's first slot."""
+    block = self.decode_block_len or length
+    return tuple(range(block, length, block)) + (length,)
 
   @property
   def attempt1_start(self) -> int:
@@ -168,13 +184,14 @@ def _set_column(x: Array, column: Array, value: Array) -> Array:
 def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, logits: Array,
                     next_position: Array, start_slot: int, length: int, rng: Array,
                     sampling: SamplingParams) -> _DecodeState:
-  """Samples up to ``length`` tokens per row into cache slots [start_slot, start_slot + L)."""
+  """Samples up to ``length`` tokens per row into cache slots [start_slot, start_slot + L).
+
+  One ``lax.while_loop`` per decode block (``spec.decode_blocks``); before each, the cache
+  grows to the block's last slot, so ``cache`` may end anywhere up to the first block's end.
+  """
   batch = logits.shape[0]
   stop_tokens = jnp.asarray(spec.stop_tokens, jnp.int32)
   apply = functools.partial(model.apply, {'params': params})
-
-  def keep_going(state: _DecodeState) -> Array:
-    return (state.step < length) & ~jnp.all(state.done)
 
   def decode_one(state: _DecodeState) -> _DecodeState:
     active = ~state.done
@@ -204,11 +221,23 @@ def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, l
       done=jnp.zeros((batch,), bool), tokens=jnp.full((batch, length), spec.pad_id, jnp.int32),
       valid=jnp.zeros((batch, length), bool), positions=jnp.zeros((batch, length), jnp.int32),
       logprobs=jnp.zeros((batch, length), jnp.float32))
-  return jax.lax.while_loop(keep_going, decode_one, state)
+  for block_end in spec.decode_blocks(length):
+    state = state.replace(
+        cache=_grow_cache(state.cache, start_slot + block_end, model.mesh_rules))
+    # Once every row has stopped, the remaining blocks' loops exit at once.
+    state = jax.lax.while_loop(
+        lambda state, end=block_end: (state.step < end) & ~jnp.all(state.done),
+        decode_one, state)
+  return state
 
 
 def _grow_cache(cache: KVCache, length: int, rules) -> KVCache:
   """The same cache with empty (invalid) slots appended up to ``length`` slots."""
+  if cache.length == length:
+    return cache
+  if cache.length > length:
+    raise ValueError(f'A cache of {cache.length} slots cannot grow to {length}.')
+
   def grow(x, names):
     slot_axis = names.index('cache_length')
     padding = [(0, 0)] * x.ndim
@@ -266,9 +295,12 @@ def _rollout_rows(model: Decoder, spec: RolloutSpec, params, prompts: Array,
   prompts = constrain(prompts.astype(jnp.int32), ('batch', 'length'), rules)
   prompt_valid = constrain(prompt_valid.astype(bool), ('batch', 'length'), rules)
   prompt_positions = positions_from_valid(prompt_valid)
-  # Attempt 1 attends over its own slots and the prompt's only: its cache stops there and
-  # grows to the whole row before the instruction (attention reads every slot it has).
-  cache = empty_cache(model.config, batch, spec.instruction_start, mesh_rules=rules)
+  # Attention reads every slot of the cache, so the cache holds only the slots written so
+  # far and those of the current decode block: here the prompt's and attempt 1's first
+  # block's; it grows block by block (``_decode_attempt``), and by the instruction and
+  # attempt 2's first block before the instruction.
+  cache = empty_cache(model.config, batch, spec.attempt1_start +
+                      spec.decode_blocks(spec.attempt1_len)[0], mesh_rules=rules)
   rng_attempt1, rng_attempt2 = jax.random.split(rng)
 
   logits, cache = _prefill(model, params, cache, prompts, prompt_positions, prompt_valid, 0)
@@ -288,7 +320,8 @@ def _rollout_rows(model: Decoder, spec: RolloutSpec, params, prompts: Array,
     instruction_valid = jnp.broadcast_to(jnp.asarray(instruction_valid), (batch, width))
     instruction_positions = (attempt1.next_position[:, None] +
                              jnp.cumsum(instruction_valid, axis=1, dtype=jnp.int32) - 1)
-    cache = _grow_cache(attempt1.cache, spec.total_len, rules)
+    cache = _grow_cache(attempt1.cache,
+                        spec.attempt2_start + spec.decode_blocks(spec.attempt2_len)[0], rules)
     logits, cache = _prefill(model, params, cache, instruction, instruction_positions,
                              instruction_valid, spec.instruction_start)
     attempt2 = _decode_attempt(model, params, spec, cache, logits,
