@@ -12,11 +12,11 @@ of a rollout that never stops early does not depend on their values. On a GPU (J
 backend), ``transformers`` runs on the GPU as well (``--hf_device``).
 
 Each repeat times our jitted rollout (prompt 64 → attempt 1 of 128 → instruction of 32 →
-attempt 2 of 128, temperature 1.0, attempts decoded in blocks of 32 tokens) and then ``transformers`` doing the same two turns on the
-same weights, prompts and batch: ``generate`` 128 tokens, append the instruction, ``generate``
-128 more. No row stops early (our stop token is out of range; transformers gets
-``min_new_tokens``), so both produce batch × 256 tokens; prefills are in the wall times.
-Ratios are taken per repeat and the median is reported.
+attempt 2 of 128, temperature 1.0, attempts decoded in blocks of 32 tokens) and then
+``transformers`` doing the same two turns on the same weights, prompts and batch: ``generate``
+128 tokens, append the instruction, ``generate`` 128 more. No row stops early (our stop token
+is out of range; transformers gets ``min_new_tokens``), so both produce batch × 256 tokens;
+prefills are in the wall times. Ratios are taken per repeat and the median is reported.
 
 The roofline is the measured rate of a large matmul in the rollout's compute dtype divided by
 the FLOPs of one generated token (2 × parameters, the output matrix included); attention's
