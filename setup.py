@@ -21,6 +21,8 @@ setuptools.setup(
     license='Apache-2.0',
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['score_jax', 'score_jax.*']),
+    # The AMX matmul's C++ source: built on first use (score_jax/kernels/amx.py).
+    package_data={'score_jax.kernels': ['*.cc']},
     install_requires=_requirements('requirements.txt'),
     extras_require={
         # The reference implementations the tests compare against (parity of imported

@@ -22,7 +22,7 @@ ATTENTION_KINDS = ('global', 'local')
 ROPE_SCALINGS = ('none', 'llama3')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
-KERNEL_LAYOUTS = ('input_major', 'output_major')
+KERNEL_LAYOUTS = ('input_major', 'output_major', 'amx_tiles')
 # Fields that say how a derived model is laid out, not how to run: the sampler sets them on
 # its twin (``decoder.for_decoding``), and ``config.model`` does not offer them.
 DERIVED_FIELDS = ('kernel_layout',)
@@ -76,7 +76,9 @@ class ModelConfig:
   # How the dense kernels are stored. 'input_major' is the checkpoint layout ([D, H, Dh],
   # [D, F], ...). 'output_major' holds each as a 2-D [outputs, inputs] matrix: XLA's CPU
   # matmul kernels read that layout about 1.6x faster when a decode step multiplies a few
-  # rows by each weight. Only the sampler's twin uses it (``decoder.for_decoding``).
+  # rows by each weight. 'amx_tiles' holds each as [N/16, K/32, 16, 32] tiles for the AMX
+  # matmul kernel (``score_jax.kernels.amx``), on x86 CPUs that have AMX, in bf16. Only the
+  # sampler's twin uses either (``decoder.for_decoding``).
   kernel_layout: str = 'input_major'
 
   def __post_init__(self):

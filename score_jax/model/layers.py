@@ -15,6 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from score_jax.kernels import amx
 from score_jax.model.config import ModelConfig
 from score_jax.sharding import MeshRules, constrain
 
@@ -133,10 +134,15 @@ def mask_bias(mask: Array) -> Array:
 def kernel_param(module: nn.Module, name: str, in_shape: tuple[int, ...],
                  out_shape: tuple[int, ...], names: tuple[str, ...], config: ModelConfig):
   """Declares a dense kernel from ``in_shape`` to ``out_shape`` in the configured layout:
-  [*in_shape, *out_shape] with logical axis ``names`` ('input_major'), or a 2-D
-  [prod(out_shape), prod(in_shape)] matrix ('output_major', see ``ModelConfig.kernel_layout``).
+  [*in_shape, *out_shape] with logical axis ``names`` ('input_major'), a 2-D
+  [prod(out_shape), prod(in_shape)] matrix ('output_major'), or the AMX kernel's tiles of the
+  [prod(in_shape), prod(out_shape)] matrix ('amx_tiles'; see ``ModelConfig.kernel_layout``).
   """
   n_in = len(in_shape)
+  if config.kernel_layout == 'amx_tiles':
+    k, n = math.prod(in_shape), math.prod(out_shape)
+    return param(module, name, dense_init((1, 3), (0, 2)), amx.tile_shape(k, n), (None,) * 4,
+                 config)
   if config.kernel_layout == 'output_major':
     return param(module, name, dense_init((1,), (0,)), (math.prod(out_shape), math.prod(in_shape)),
                  (None, None), config)
@@ -148,10 +154,13 @@ def dense(spec: str, x: Array, kernel: Array, out_shape: tuple[int, ...],
           config: ModelConfig) -> Array:
   """x [B, T, *in] times a kernel of ``kernel_param``, in fp32: ``matmul(spec, ...)`` for an
   input-major kernel; for an output-major one, one 2-D product contracting both operands'
-  minor axes, reshaped to [B, T, *out_shape]."""
+  minor axes; for AMX tiles, the AMX kernel's product; the last two reshaped to
+  [B, T, *out_shape]."""
+  b, t = x.shape[:2]
+  if config.kernel_layout == 'amx_tiles':
+    return amx.matmul(x.reshape(b * t, -1), kernel).reshape(b, t, *out_shape)
   if config.kernel_layout != 'output_major':
     return matmul(spec, x, kernel, config.jnp_dtype)
-  b, t = x.shape[:2]
   out = matmul('ri,oi->ro', x.reshape(b * t, kernel.shape[1]), kernel, config.jnp_dtype)
   return out.reshape(b, t, *out_shape)
 

@@ -1,0 +1,152 @@
+"""A bf16 matmul for CPUs with AMX tiles, for the sampler's decode steps.
+
+A decode step multiplies a few rows (one per sequence) by every weight, so on a CPU it is
+bound by reading the weights. XLA's CPU matmuls rearrange the weight into their own blocked
+order on every call; this kernel reads weights that were arranged once, before the rollout
+(``pack``), in the order AMX's TDPBF16PS consumes them, and so streams each weight once
+(BENCHMARKS.md has the figures). It is an XLA FFI custom call written in C++
+(``amx_matmul.cc``), built with the system's C++ compiler the first time it is needed and
+cached under ``$SCORE_JAX_CACHE`` (default ``~/.cache/score_jax``).
+
+``available()`` says whether it can run here: Linux on x86-64 with the amx_bf16 and
+amx_tile CPU flags, a C++ compiler, a successful build and JAX's CPU backend. Anywhere else
+the sampler keeps XLA's matmuls (``model.for_decoding``); set ``SCORE_JAX_CPU_KERNELS=0`` to
+keep them here too. The kernel computes forward values only (no gradient): the trainer
+never uses it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+TARGET = 'score_jax_amx_matmul'
+TILE_ROWS, TILE_K, TILE_N = 16, 32, 16  # see amx_matmul.cc
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'amx_matmul.cc')
+_FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-mamx-tile', '-mamx-bf16')
+
+
+def fits(k: int, n: int) -> bool:
+  """True when a [k, n] weight has a tile layout: k a multiple of 32, n of 16."""
+  return k > 0 and n > 0 and k % TILE_K == 0 and n % TILE_N == 0
+
+
+def tile_shape(k: int, n: int) -> tuple[int, int, int, int]:
+  """The packed shape [N/16, K/32, 16, 32] of a [k, n] weight (see ``pack``)."""
+  if not fits(k, n):
+    raise ValueError(f'A [{k}, {n}] weight has no AMX tile layout (K must be a multiple of '
+                     f'{TILE_K} and N of {TILE_N}).')
+  return (n // TILE_N, k // TILE_K, TILE_ROWS, TILE_K)
+
+
+def pack(weight: Array) -> Array:
+  """[..., K, N] weights → the kernel's tile order [..., N/16, K/32, 16, 32].
+
+  Element ``[..., j, i, r, 2c + p]`` is ``weight[..., 32i + 2r + p, 16j + c]``: each 16x32
+  block is one contiguous 1 KiB tile whose rows interleave pairs of consecutive K rows.
+  """
+  *lead, k, n = weight.shape
+  tile_shape(k, n)  # Checks that it has one.
+  tiles = weight.reshape(*lead, k // TILE_K, TILE_ROWS, 2, n // TILE_N, TILE_N)
+  tiles = jnp.moveaxis(tiles, -2, -5)                 # [..., N/16, K/32, 16, 2, 16]
+  tiles = jnp.swapaxes(tiles, -1, -2)                 # [..., N/16, K/32, 16, 16, 2]
+  return tiles.reshape(*lead, n // TILE_N, k // TILE_K, TILE_ROWS, TILE_K)
+
+
+def unpack(tiles: Array) -> Array:
+  """The inverse of ``pack``: [..., N/16, K/32, 16, 32] → [..., K, N]."""
+  *lead, n_tiles, k_tiles, rows, cols = tiles.shape
+  if (rows, cols) != (TILE_ROWS, TILE_K):
+    raise ValueError(f'unpack: expected [..., N/16, K/32, 16, 32] tiles, got {tiles.shape}.')
+  t = tiles.reshape(*lead, n_tiles, k_tiles, TILE_ROWS, TILE_N, 2)
+  t = jnp.swapaxes(t, -1, -2)                         # [..., N/16, K/32, 16, 2, 16]
+  t = jnp.moveaxis(t, -5, -2)                         # [..., K/32, 16, 2, N/16, 16]
+  return t.reshape(*lead, k_tiles * TILE_K, n_tiles * TILE_N)
+
+
+def matmul(x: Array, tiles: Array) -> Array:
+  """x [M, K] (cast to bf16) times the packed weight ``tiles`` → fp32 [M, N].
+
+  Needs ``available()``; the result equals ``x @ unpack(tiles)`` accumulated in fp32, up to
+  the order of the additions.
+  """
+  n_tiles, k_tiles = tiles.shape[:2]
+  if tiles.ndim != 4 or x.ndim != 2 or x.shape[1] != k_tiles * TILE_K:
+    raise ValueError(f'amx.matmul: expected x [M, K] and tiles [N/16, K/32, 16, 32] with '
+                     f'matching K; got {x.shape} and {tiles.shape}.')
+  out = jax.ShapeDtypeStruct((x.shape[0], n_tiles * TILE_N), jnp.float32)
+  return jax.ffi.ffi_call(TARGET, out)(x.astype(jnp.bfloat16), tiles.astype(jnp.bfloat16))
+
+
+def cpu_has_amx() -> bool:
+  """True on Linux x86-64 CPUs that report the amx_bf16 and amx_tile flags."""
+  if sys.platform != 'linux' or platform.machine() not in ('x86_64', 'AMD64'):
+    return False
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          flags = set(line.split(':', 1)[1].split())
+          return {'amx_bf16', 'amx_tile'} <= flags
+  except OSError:
+    return False
+  return False
+
+
+@functools.cache
+def available() -> bool:
+  """True when the kernel is built and registered with JAX's CPU backend (once per process).
+
+  False, with one line on stderr saying why when it is unexpected (a failed build), where
+  the CPU lacks AMX, no C++ compiler is found, or ``SCORE_JAX_CPU_KERNELS=0``.
+  """
+  if os.environ.get('SCORE_JAX_CPU_KERNELS', '1') == '0':
+    return False
+  if not cpu_has_amx():
+    return False
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('clang++')
+  if compiler is None:
+    return False
+  try:
+    library = _build(compiler)
+  except (OSError, subprocess.CalledProcessError) as e:
+    detail = getattr(e, 'stderr', '') or str(e)
+    print(f'score_jax: the AMX matmul kernel did not build, so decoding uses XLA\'s matmuls '
+          f'({compiler}: {detail.strip().splitlines()[-1] if detail.strip() else e})',
+          file=sys.stderr)
+    return False
+  handler = ctypes.cdll.LoadLibrary(library).ScoreJaxAmxMatmul
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform='cpu')
+  return True
+
+
+def _build(compiler: str) -> str:
+  """Compiles amx_matmul.cc into the cache (once per source, flags and jax version) and
+  returns the shared library's path. The file appears whole or not at all."""
+  with open(_SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(source + repr((compiler, _FLAGS, jax.__version__)).encode())
+  cache = os.environ.get('SCORE_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'score_jax')
+  library = os.path.join(cache, 'kernels', f'amx_matmul-{key.hexdigest()[:16]}.so')
+  if os.path.exists(library):
+    return library
+  os.makedirs(os.path.dirname(library), exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=os.path.dirname(library)) as tmp:
+    partial = os.path.join(tmp, 'amx_matmul.so')
+    subprocess.run([compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', _SOURCE, '-o', partial],
+                   check=True, capture_output=True, text=True)
+    os.replace(partial, library)
+  return library
