@@ -1,5 +1,6 @@
-"""The AMX matmul kernel (score_jax.kernels.amx): its tile layout, its products against XLA's,
-the sampler's twin that uses it, and how it declines where it cannot run.
+"""The AMX kernels (score_jax.kernels.amx): the matmul's tile layout and its products against
+XLA's, the decode-step attention against the XLA formulation, the sampler's twin that uses
+both, and how they decline where they cannot run.
 
 Tests that run the kernel need an x86 CPU with AMX (and a C++ compiler); elsewhere they are
 skipped, and the sampler keeps XLA's matmuls, which the other tests cover.
@@ -16,7 +17,8 @@ import pytest
 
 from helpers import make_model
 from score_jax.kernels import amx
-from score_jax.model import Decoder, for_decoding, init_params
+from score_jax.model import Decoder, for_decoding, init_cache, init_params
+from score_jax.model.layers import mask_bias
 from score_jax.model.decoder import amx_tiles_apply
 
 needs_amx = pytest.mark.skipif(not amx.available(),
@@ -63,6 +65,58 @@ def test_kernel_equals_xla_matmul(m, k, n):
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * float(jnp.abs(expected).max()))
 
 
+def reference_decode_attention(q, keys, values, new_keys, new_values, slot, bias, cap):
+  """What layers.Attention computes for one new token with XLA's products."""
+  keys, values = keys.at[:, :, slot].set(new_keys), values.at[:, :, slot].set(new_values)
+  logits = jnp.einsum('bkgd,bksd->bkgs', q, keys, preferred_element_type=jnp.float32)
+  if cap:
+    logits = cap * jnp.tanh(logits / cap)
+  weights = jax.nn.softmax(logits + bias[:, None, None, :], -1).astype(jnp.bfloat16)
+  out = jnp.einsum('bkgs,bksd->bkgd', weights, values, preferred_element_type=jnp.float32)
+  return out, keys, values
+
+
+@needs_amx
+@pytest.mark.parametrize('b, k, g, s, dh, cap', [
+    (2, 3, 3, 32, 64, 0.0),    # SmolLM2's heads
+    (4, 2, 4, 48, 128, 0.0),
+    (1, 1, 1, 16, 32, 50.0),   # Gemma 2's soft cap
+    (3, 2, 8, 64, 64, 0.0),
+])
+def test_decode_attention_equals_the_xla_formulation(b, k, g, s, dh, cap):
+  """Outputs to fp32 rounding; the new key and value land in their slot, nothing else
+  changes; masked slots (the large negative bias) get no weight."""
+  rng = np.random.default_rng(s + dh)
+  draw = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+  q, keys, values = draw(b, k, g, dh) * 3, draw(b, k, s, dh), draw(b, k, s, dh)
+  new_keys, new_values = draw(b, k, dh), draw(b, k, dh)
+  valid = rng.random((b, s)) < 0.7
+  valid[:, 0] = True
+  bias = mask_bias(jnp.asarray(valid))
+  slot = s // 2 + 1
+  expected = reference_decode_attention(q, keys, values, new_keys, new_values, slot, bias, cap)
+  got = jax.jit(amx.decode_attention, static_argnums=7)(
+      q, keys, values, new_keys, new_values, jnp.int32(slot), bias, cap)
+  np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got[1], expected[1])
+  np.testing.assert_array_equal(got[2], expected[2])
+  # Poisoning a masked slot's value changes nothing.
+  masked = int(np.flatnonzero(~valid[0])[0])
+  poisoned = values.at[0, :, masked].set(1e4)
+  again = amx.decode_attention(q, keys, poisoned, new_keys, new_values, jnp.int32(slot), bias,
+                               cap)
+  np.testing.assert_allclose(again[0], got[0], rtol=1e-6, atol=1e-6)
+
+
+def test_decode_attention_refuses_shapes_it_cannot_take():
+  assert amx.attention_fits(3, 192, 64) and not amx.attention_fits(3, 100, 64)
+  assert not amx.attention_fits(17, 32, 64) and not amx.attention_fits(2, 32, 256)
+  q = jnp.zeros((1, 1, 2, 64))
+  with pytest.raises(ValueError, match='do not fit'):
+    amx.decode_attention(q, jnp.zeros((1, 1, 40, 64)), jnp.zeros((1, 1, 40, 64)),
+                         jnp.zeros((1, 1, 64)), jnp.zeros((1, 1, 64)), 0, jnp.zeros((1, 40)))
+
+
 def bf16_tiny(**overrides):
   model, params, _ = make_model('tiny', **overrides)
   return Decoder(dataclasses.replace(model.config, dtype='bfloat16')), params
@@ -91,6 +145,57 @@ def test_amx_twin_computes_the_same_function(overrides):
   assert float(jnp.abs(got - expected).mean()) < 0.005
 
 
+@needs_amx
+@pytest.mark.parametrize('preset, overrides', [
+    ('tiny', dict(head_dim=32)),
+    ('tiny_gemma2', dict(head_dim=32)),  # soft caps and sliding-window layers
+])
+def test_amx_decode_steps_match_xla_decode_steps(preset, overrides):
+  """A prefill then decode steps through the AMX twin (whose steps write the cache and
+  attend in the attention kernel) against the XLA-matmul twin: logits to bf16 rounding,
+  caches written in the same slots."""
+  model, params = bf16_tiny_preset(preset, **overrides)
+  amx_twin, amx_params = for_decoding(model, params)
+  xla_twin, xla_params = for_decoding(model, params, 'output_major')
+  assert amx_twin.config.kernel_layout == 'amx_tiles'
+  batch, prefill, slots = 3, 10, 32
+  tokens = jax.random.randint(jax.random.key(5), (batch, prefill + 4), 0,
+                              model.config.vocab_size)
+
+  def run(twin, twin_params):
+    @jax.jit
+    def steps(twin_params, cache):
+      apply = lambda toks, start, cache: twin.apply(
+          {'params': twin_params}, toks, start + jnp.broadcast_to(jnp.arange(toks.shape[1]),
+                                                                  toks.shape),
+          jnp.ones(toks.shape, bool), cache=cache, cache_index=start)
+      logits, cache = apply(tokens[:, :prefill], 0, cache)
+      outputs = [logits[:, -1]]
+      for i in range(prefill, prefill + 4):
+        logits, cache = apply(tokens[:, i:i + 1], i, cache)
+        outputs.append(logits[:, -1])
+      return jnp.stack(outputs), cache
+    return steps(twin_params, init_cache(twin.config, batch, slots))
+
+  (got, got_cache), (expected, expected_cache) = run(amx_twin, amx_params), run(xla_twin,
+                                                                               xla_params)
+  np.testing.assert_allclose(got, expected, atol=0.05)
+  assert float(jnp.abs(got - expected).mean()) < 0.005
+  np.testing.assert_array_equal(got_cache.valid, expected_cache.valid)
+  for got_k, expected_k in zip(got_cache.k, expected_cache.k):
+    written = np.abs(np.asarray(expected_k, np.float32)).sum(axis=(0, 1, 3)) > 0
+    np.testing.assert_array_equal(
+        np.abs(np.asarray(got_k, np.float32)).sum(axis=(0, 1, 3)) > 0, written)
+    assert written[:prefill + 4].all() and not written[prefill + 4:].any()
+    np.testing.assert_allclose(np.asarray(got_k, np.float32),
+                               np.asarray(expected_k, np.float32), atol=0.05)
+
+
+def bf16_tiny_preset(preset, **overrides):
+  model, params, _ = make_model(preset, **overrides)
+  return Decoder(dataclasses.replace(model.config, dtype='bfloat16')), params
+
+
 def test_amx_tiles_need_bf16_compute():
   model, params, _ = make_model('tiny')  # fp32 compute
   assert not amx_tiles_apply(model)
@@ -110,7 +215,7 @@ def test_a_failed_build_is_reported_and_declined(tmp_path):
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, check=True)
   assert result.stdout.strip() == 'False'
-  assert 'AMX matmul kernel did not build' in result.stderr
+  assert 'AMX kernels did not build' in result.stderr
   assert not list(tmp_path.rglob('*.so'))
 
 

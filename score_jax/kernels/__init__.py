@@ -1,1 +1,1 @@
-"""Custom CPU kernels the sampler can use where XLA's own fall short (see amx.py)."""
+"""Custom CPU kernels for the sampler's decode steps where XLA's own fall short (amx.py)."""

@@ -77,7 +77,8 @@ class ModelConfig:
   # [D, F], ...). 'output_major' holds each as a 2-D [outputs, inputs] matrix: XLA's CPU
   # matmul kernels read that layout about 1.6x faster when a decode step multiplies a few
   # rows by each weight. 'amx_tiles' holds each as [N/16, K/32, 16, 32] tiles for the AMX
-  # matmul kernel (``score_jax.kernels.amx``), on x86 CPUs that have AMX, in bf16. Only the
+  # matmul kernel (``score_jax.kernels.amx``), on x86 CPUs that have AMX, in bf16; its decode
+  # steps also attend with the AMX attention kernel. Only the
   # sampler's twin uses either (``decoder.for_decoding``).
   kernel_layout: str = 'input_major'
 

@@ -267,9 +267,10 @@ def for_decoding(model: Decoder, params, kernel_layout: str | None = None):
   Weights are cast once to the compute dtype (so no decode step converts them again) and
   scanned layers are unrolled from a per-layer copy unless ``config.scan_decode``. On CPUs
   the dense kernels are also rearranged for the decode steps' matmuls (see
-  ``ModelConfig.kernel_layout``): into AMX tiles for the AMX kernel where
-  ``amx_tiles_apply`` (an x86 CPU with AMX, bf16 compute, one device), else transposed to the
-  'output_major' layout, whose decode-step matmuls XLA runs about 1.6x faster.
+  ``ModelConfig.kernel_layout``): into AMX tiles for the AMX kernels where
+  ``amx_tiles_apply`` (an x86 CPU with AMX, bf16 compute, one device; the twin's decode steps
+  then also attend with the AMX attention kernel), else transposed to the 'output_major'
+  layout, whose decode-step matmuls XLA runs about 1.6x faster.
   ``kernel_layout`` overrides that choice. The result computes the same function as
   ``model`` with ``params``. (Gate and up kernels are not fused: stacking them copies them
   inside the rollout, which took the Gemini-scale config's rollout temporaries from 31 to
@@ -304,7 +305,7 @@ def for_decoding(model: Decoder, params, kernel_layout: str | None = None):
 
 
 def amx_tiles_apply(model: Decoder) -> bool:
-  """Whether the sampler's twin of ``model`` should use the AMX matmul kernel: bf16
+  """Whether the sampler's twin of ``model`` should use the AMX kernels: bf16
   compute, at most one device, every dense kernel with a tile layout, and the kernel
   available on this machine (``kernels.amx.available``)."""
   c = model.config

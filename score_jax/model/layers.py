@@ -241,6 +241,25 @@ class Attention(nn.Module):
                     ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
     value = constrain(value, ('batch', 'length', 'kv_heads', 'head_dim'), self.mesh_rules)
 
+    b, t = q.shape[:2]
+    g = h // k
+    bias = inputs.global_bias
+    if inputs.local_bias is not None:
+      bias = jnp.where(is_local, inputs.local_bias, bias)
+    if (c.kernel_layout == 'amx_tiles' and cache is not None and t == 1 and
+        layer_index is None and cache[0].dtype == jnp.bfloat16 and
+        amx.attention_fits(g, cache[0].shape[2], hd)):
+      # A decode step on a CPU with AMX: one kernel writes the new key and value into the
+      # cache in place and attends over it (kernels.amx.decode_attention), computing what
+      # the cache write and the products below compute.
+      out, *cache = amx.decode_attention(q.reshape(b, k, g, hd), *cache, key[:, 0],
+                                         value[:, 0], inputs.cache_index, bias[:, 0],
+                                         c.attn_logit_softcap)
+      out = out.astype(dtype).reshape(b, 1, h, hd)
+      out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
+      out = dense('bthk,hkd->btd', out, o_kernel, (d,), c).astype(dtype)
+      return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), tuple(cache)
+
     if cache is not None:
       # Write the new keys/values at slots [cache_index, cache_index + T), then attend over
       # every slot; the masks hide empty and future slots.
@@ -254,14 +273,9 @@ class Attention(nn.Module):
     # both attention products are then batched over (B, K) with a single free dimension,
     # the shape XLA's fast CPU kernels take (and a decode step reads each head's keys and
     # values as one contiguous [S, Dh] block).
-    b, t = q.shape[:2]
-    g = h // k
     rows = q.reshape(b, t, k, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, hd)
     logits = matmul('bkrd,bksd->bkrs', rows, key, dtype).reshape(b, k, g, t, -1)
     logits = softcap(logits, c.attn_logit_softcap)
-    bias = inputs.global_bias
-    if inputs.local_bias is not None:
-      bias = jnp.where(is_local, inputs.local_bias, bias)
     logits = logits + bias[:, None, None, :, :]
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(b, k, g * t, -1)
     out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
