@@ -152,10 +152,10 @@ def cpu_has_amx() -> bool:
 
 @functools.cache
 def available() -> bool:
-  """True when the kernel is built and registered with JAX's CPU backend (once per process).
+  """True when the kernels are built and registered with JAX's CPU backend (once per process).
 
-  False, with one line on stderr saying why when it is unexpected (a failed build), where
-  the CPU lacks AMX, no C++ compiler is found, or ``SCORE_JAX_CPU_KERNELS=0``.
+  False where the CPU lacks AMX, no C++ compiler is found, or ``SCORE_JAX_CPU_KERNELS=0``;
+  also False, with one line on stderr saying why, when the build or the loading fails.
   """
   if os.environ.get('SCORE_JAX_CPU_KERNELS', '1') == '0':
     return False
@@ -172,12 +172,15 @@ def available() -> bool:
           f'({compiler}: {detail.strip().splitlines()[-1] if detail.strip() else e})',
           file=sys.stderr)
     return False
-  handlers = ctypes.cdll.LoadLibrary(library)
-  jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(handlers.ScoreJaxAmxMatmul),
-                              platform='cpu')
-  jax.ffi.register_ffi_target(ATTENTION_TARGET,
-                              jax.ffi.pycapsule(handlers.ScoreJaxAmxDecodeAttention),
-                              platform='cpu')
+  try:
+    handlers = ctypes.cdll.LoadLibrary(library)
+    matmul, attention = handlers.ScoreJaxAmxMatmul, handlers.ScoreJaxAmxDecodeAttention
+  except (OSError, AttributeError) as e:
+    print(f'score_jax: the AMX kernels did not load, so decoding uses XLA\'s products ({e})',
+          file=sys.stderr)
+    return False
+  jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(matmul), platform='cpu')
+  jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(attention), platform='cpu')
   return True
 
 
