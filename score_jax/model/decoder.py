@@ -335,32 +335,30 @@ _KERNEL_INPUT_AXES = {'q_kernel': 1, 'k_kernel': 1, 'v_kernel': 1, 'o_kernel': 2
                       'gate_kernel': 1, 'up_kernel': 1, 'down_kernel': 1, 'unembedding': 1}
 
 
-def to_output_major(params, config: ModelConfig):
-  """Input-major parameters → the 'output_major' layout: every dense kernel [*in, *out]
-  (with a leading layer axis when scanned) becomes [..., prod(out), prod(in)]."""
+def _map_kernel_matrices(params, config: ModelConfig, fn):
+  """``params`` with ``fn`` applied to every dense kernel [*in, *out] (with a leading layer
+  axis when scanned) seen as a [..., prod(in), prod(out)] matrix."""
   def convert(path, x):
     name = path[-1].key
     if name not in _KERNEL_INPUT_AXES:
       return x
     stacked = int(config.scan_layers and path[0].key == 'layers')
     lead, n_in = x.shape[:stacked], _KERNEL_INPUT_AXES[name]
-    matrix = x.reshape(*lead, math.prod(x.shape[stacked:stacked + n_in]), -1)
-    return jnp.swapaxes(matrix, -1, -2)
+    return fn(x.reshape(*lead, math.prod(x.shape[stacked:stacked + n_in]), -1))
   return jax.tree_util.tree_map_with_path(convert, params)
+
+
+def to_output_major(params, config: ModelConfig):
+  """Input-major parameters → the 'output_major' layout: every dense kernel [*in, *out]
+  (with a leading layer axis when scanned) becomes [..., prod(out), prod(in)]."""
+  return _map_kernel_matrices(params, config, lambda matrix: jnp.swapaxes(matrix, -1, -2))
 
 
 def to_amx_tiles(params, config: ModelConfig):
   """Input-major parameters → the 'amx_tiles' layout: every dense kernel [*in, *out] (with a
   leading layer axis when scanned) becomes the AMX kernel's tiles of the [prod(in),
   prod(out)] matrix, and a tied output layer gets tiles of its own (``embedding.T``)."""
-  def convert(path, x):
-    name = path[-1].key
-    if name not in _KERNEL_INPUT_AXES:
-      return x
-    stacked = int(config.scan_layers and path[0].key == 'layers')
-    lead, n_in = x.shape[:stacked], _KERNEL_INPUT_AXES[name]
-    return amx.pack(x.reshape(*lead, math.prod(x.shape[stacked:stacked + n_in]), -1))
-  converted = jax.tree_util.tree_map_with_path(convert, params)
+  converted = _map_kernel_matrices(params, config, amx.pack)
   if config.tie_embeddings:
     converted = dict(converted, unembedding=amx.pack(params['embedding'].T))
   return converted

@@ -255,31 +255,28 @@ class Attention(nn.Module):
       out, *cache = amx.decode_attention(q.reshape(b, k, g, hd), *cache, key[:, 0],
                                          value[:, 0], inputs.cache_index, bias[:, 0],
                                          c.attn_logit_softcap)
-      out = out.astype(dtype).reshape(b, 1, h, hd)
-      out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-      out = dense('bthk,hkd->btd', out, o_kernel, (d,), c).astype(dtype)
-      return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), tuple(cache)
-
-    if cache is not None:
-      # Write the new keys/values at slots [cache_index, cache_index + T), then attend over
-      # every slot; the masks hide empty and future slots.
-      cache = tuple(write_slots(stack, new, layer_index, inputs.cache_index)
-                    for stack, new in zip(cache, (key, value)))
-      key, value = (stack if layer_index is None else stack[layer_index] for stack in cache)
+      out, cache = out.astype(dtype).reshape(b, 1, h, hd), tuple(cache)
     else:
-      key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)
+      if cache is not None:
+        # Write the new keys/values at slots [cache_index, cache_index + T), then attend
+        # over every slot; the masks hide empty and future slots.
+        cache = tuple(write_slots(stack, new, layer_index, inputs.cache_index)
+                      for stack, new in zip(cache, (key, value)))
+        key, value = (stack if layer_index is None else stack[layer_index] for stack in cache)
+      else:
+        key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)
 
-    # Each KV head's G = H // K query heads and T tokens form one [G*T, Dh] block of rows:
-    # both attention products are then batched over (B, K) with a single free dimension,
-    # the shape XLA's fast CPU kernels take (and a decode step reads each head's keys and
-    # values as one contiguous [S, Dh] block).
-    rows = q.reshape(b, t, k, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, hd)
-    logits = matmul('bkrd,bksd->bkrs', rows, key, dtype).reshape(b, k, g, t, -1)
-    logits = softcap(logits, c.attn_logit_softcap)
-    logits = logits + bias[:, None, None, :, :]
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(b, k, g * t, -1)
-    out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
-    out = out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+      # Each KV head's G = H // K query heads and T tokens form one [G*T, Dh] block of rows:
+      # both attention products are then batched over (B, K) with a single free dimension,
+      # the shape XLA's fast CPU kernels take (and a decode step reads each head's keys and
+      # values as one contiguous [S, Dh] block).
+      rows = q.reshape(b, t, k, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, hd)
+      logits = matmul('bkrd,bksd->bkrs', rows, key, dtype).reshape(b, k, g, t, -1)
+      logits = softcap(logits, c.attn_logit_softcap)
+      logits = logits + bias[:, None, None, :, :]
+      weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(b, k, g * t, -1)
+      out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
+      out = out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
     out = dense('bthk,hkd->btd', out, o_kernel, (d,), c).astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), cache
