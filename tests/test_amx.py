@@ -117,8 +117,9 @@ def test_decode_attention_refuses_shapes_it_cannot_take():
                          jnp.zeros((1, 1, 64)), jnp.zeros((1, 1, 64)), 0, jnp.zeros((1, 40)))
 
 
-def bf16_tiny(**overrides):
-  model, params, _ = make_model('tiny', **overrides)
+def bf16_tiny(preset='tiny', **overrides):
+  """A tiny model computing in bf16, and its (fp32) parameters."""
+  model, params, _ = make_model(preset, **overrides)
   return Decoder(dataclasses.replace(model.config, dtype='bfloat16')), params
 
 
@@ -154,7 +155,7 @@ def test_amx_decode_steps_match_xla_decode_steps(preset, overrides):
   """A prefill then decode steps through the AMX twin (whose steps write the cache and
   attend in the attention kernel) against the XLA-matmul twin: logits to bf16 rounding,
   caches written in the same slots."""
-  model, params = bf16_tiny_preset(preset, **overrides)
+  model, params = bf16_tiny(preset, **overrides)
   amx_twin, amx_params = for_decoding(model, params)
   xla_twin, xla_params = for_decoding(model, params, 'output_major')
   assert amx_twin.config.kernel_layout == 'amx_tiles'
@@ -189,11 +190,6 @@ def test_amx_decode_steps_match_xla_decode_steps(preset, overrides):
     assert written[:prefill + 4].all() and not written[prefill + 4:].any()
     np.testing.assert_allclose(np.asarray(got_k, np.float32),
                                np.asarray(expected_k, np.float32), atol=0.05)
-
-
-def bf16_tiny_preset(preset, **overrides):
-  model, params, _ = make_model(preset, **overrides)
-  return Decoder(dataclasses.replace(model.config, dtype='bfloat16')), params
 
 
 def test_amx_tiles_need_bf16_compute():
