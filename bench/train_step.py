@@ -3,7 +3,7 @@ r"""Throughput of the jitted SCoRe update against this machine's measured matmul
   python bench/train_step.py                                 # SmolLM2-135M shape, f32
   python bench/train_step.py --dtype=bfloat16 --batch=32 --repeats=5
 
-One Stage II REINFORCE update (``train_steps.make_rl_step``: reference log-probs, the stage
+One Stage II REINFORCE update (``training.steps.make_rl_step``: reference log-probs, the stage
 weights with the α·(r2 − r1) bonus, policy forward and backward, Adam) on a batch of
 two-attempt trajectories in the rollout's slot layout, every slot valid. Random weights (the
 speed of a decoder does not depend on its values). Prints tokens/s, achieved FLOP/s and its
@@ -36,8 +36,9 @@ from machine import describe_machine, matmul_rate, use_tuned_malloc
 from score_jax import config_lib
 from score_jax.compilation import count_compilations
 from score_jax.model import Decoder, init_params
+from score_jax.rl import RLSettings
 from score_jax.sampling import RolloutSpec, pack_trajectories
-from score_jax.train_steps import RLStepConfig, TrainState, make_optimizer, make_rl_step
+from score_jax.training.steps import TrainState, make_optimizer, make_rl_step
 
 
 def step_flops(config, num_params: int, tokens_per_row: int, rows: int) -> float:
@@ -70,8 +71,8 @@ def main():
   reference = jax.tree.map(jnp.copy, params)
   num_params = sum(x.size for x in jax.tree.leaves(params))
   tx = make_optimizer(config_lib.base_train_config().rl.optimizer)
-  step = make_rl_step(model, tx, RLStepConfig(stage='stage2', alpha=10.0, beta1=0.01, beta2=0.1,
-                                              num_samples=4, logprob_chunk=args.logprob_chunk))
+  step = make_rl_step(model, tx, RLSettings(stage='stage2', alpha=10.0, beta1=0.01, beta2=0.1,
+                                            num_samples=4, logprob_chunk=args.logprob_chunk))
 
   spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
                      stop_tokens=(2,), instruction_tokens=tuple(range(3, 3 + args.instruction_len)),

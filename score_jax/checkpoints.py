@@ -9,44 +9,20 @@ Items of one checkpoint step:
 
 Saves are asynchronous: ``save`` returns once the arrays are copied off the devices and the
 files are written in the background. Restoring goes into an abstract target whose leaves
-carry shardings, so a run can resume on a different mesh than it was saved from.
+carry shardings (``training.steps.abstract_train_state``), so a run can resume on a different
+mesh than it was saved from, and no array is allocated before it is read.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from score_jax import config_lib, paths
-from score_jax.model import init_params
-from score_jax.train_steps import TrainState, make_optimizer
-
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
-      tree)
-
-
-def abstract_train_state(params: Any, tx) -> Any:
-  """The restore target of ``TrainState.create(params, tx)``, without allocating it.
-
-  Leaves carry the shardings the jitted ``create`` gives them, so the scalars (step, optimizer
-  counts) come back replicated over the mesh of the parameters rather than on one device, as
-  the jitted update steps (and every process of a multi-host run) need.
-  """
-  create = jax.jit(functools.partial(TrainState.create, tx=tx))
-  shapes = jax.eval_shape(create, params)
-  shardings = create.lower(params).compile().output_shardings
-  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                                sharding=sharding),
-                      shapes, shardings)
+from score_jax import paths
+from score_jax.training.steps import abstract_params_of
 
 
 class Checkpointer:
@@ -88,6 +64,29 @@ class Checkpointer:
     reference = restored['reference'] if 'reference' in items else None
     return restored['state'], reference, meta
 
+  def restore_params(self, abstract_params: Any, step: int | None = None,
+                     reference: bool = False):
+    """The policy parameters of a step alone, or with ``reference`` the frozen reference's.
+
+    The train state is read partially (orbax's ``partial_restore``): only its ``params``
+    subtree, into ``abstract_params``; the optimizer state stays on disk.
+
+    Raises:
+      FileNotFoundError: no such step, or (``reference``) a step without a reference.
+    """
+    step = self._resolve(step)
+    if reference:
+      if not self.read_meta(step).get('has_reference'):
+        raise FileNotFoundError(f'The checkpoint at step {step} in {self.directory} has no '
+                                f'reference model (it was saved before RL began).')
+      return self._manager.restore(step, args=ocp.args.Composite(
+          reference=ocp.args.StandardRestore(abstract_params)))['reference']
+    target = {'params': abstract_params}
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+    return restored['state']['params']
+
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
 
@@ -117,20 +116,22 @@ def checkpoint_dir(path: str) -> tuple[str, str]:
   raise FileNotFoundError(f'No checkpoint directory at {path!r}.')
 
 
-def restore_models(config, experiment, checkpointer: Checkpointer, meta: dict):
-  """(policy params, reference params or None) of the step ``meta`` describes.
+def restore_models(experiment, checkpointer: Checkpointer, step: int | None = None,
+                   with_reference: bool = True):
+  """(policy params, reference params or None) of a checkpoint step (default: the latest).
+
+  Only the parameters are read, into targets that allocate nothing: the optimizer state and
+  step counter stay on disk, and no throw-away initialisation is built.
 
   Args:
-    config: the run's config (it says which optimizer state the checkpoint holds).
-    experiment: the ``Experiment`` the config builds (model and mesh).
+    experiment: the ``Experiment`` the run's config builds (model and mesh).
     checkpointer: open on the run's checkpoints directory.
-    meta: that step's metadata (``checkpointer.read_meta``).
+    step: the checkpoint step.
+    with_reference: also read the frozen reference model, when the checkpoint has one.
   """
-  phases = config_lib.parse_schedule(meta['schedule'])
-  kind = phases[min(meta['phase_index'], len(phases) - 1)][0]
-  section = config_lib.optimizer_section(config, kind)
-  params, _ = init_params(experiment.model('train'), jax.random.key(0))
-  target = abstract_train_state(params, make_optimizer(section.optimizer))
-  reference_target = abstract_like(params) if meta['has_reference'] else None
-  state, reference, _ = checkpointer.restore(target, reference_target, meta['global_step'])
-  return state.params, reference
+  target = abstract_params_of(experiment.model('train'))
+  params = checkpointer.restore_params(target, step)
+  has_reference = checkpointer.read_meta(step).get('has_reference')
+  reference = (checkpointer.restore_params(target, step, reference=True)
+               if with_reference and has_reference else None)
+  return params, reference

@@ -10,14 +10,18 @@ in the entry point, through :func:`build_model_config` and :func:`build_mesh`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 from typing import Any, Sequence
 
 import jax
 import ml_collections
 
+from score_jax import rl as rl_lib
 from score_jax import sharding
 from score_jax.model import presets
 from score_jax.model.config import DERIVED_FIELDS, ModelConfig
+from score_jax.training.phases import Phase, parse_schedule
 
 
 def quiet_library_logs() -> None:
@@ -29,6 +33,56 @@ def quiet_library_logs() -> None:
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   if not absl_flags.FLAGS['verbosity'].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def unknown_override(argv: Sequence[str], flag: str = 'config') -> str | None:
+  """A one-line message for the first ``--config.FIELD=...`` override in ``argv`` that names
+  no field of the config file, with the closest field there is; None when every override
+  names a field (or the config file itself cannot be read).
+
+  ml_collections rejects such an override with a traceback from inside flag parsing; the
+  entry points call this to say instead which name was wrong.
+  """
+  spec, overrides = None, []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith(f'--{flag}='):
+      spec = arg.split('=', 1)[1]
+    elif arg == f'--{flag}' and i + 1 < len(argv):
+      spec = argv[i + 1]
+    elif arg.startswith(f'--{flag}.'):
+      overrides.append(arg[len(flag) + 3:].split('=', 1)[0])
+  if spec is None or not overrides:
+    return None
+  try:
+    config = _load_config_file(spec)
+  except Exception:  # pylint: disable=broad-except
+    return None  # The caller reports the original error.
+  for name in overrides:
+    node, parts = config, name.split('.')
+    for depth, part in enumerate(parts):
+      if isinstance(node, ml_collections.ConfigDict) and part in node:
+        node = node[part]
+        continue
+      fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, fields, n=1)
+      if close:
+        hint = f'did you mean {".".join(parts[:depth] + close)}?'
+      elif fields:
+        hint = f'{".".join(parts[:depth]) or "it"} has {", ".join(sorted(fields))}.'
+      else:
+        hint = f'{".".join(parts[:depth])} is a value, not a section.'
+      return (f'--{flag}.{name}: {spec} declares no field {".".join(parts[:depth + 1])}; '
+              f'{hint}')
+  return None
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a ``path.py[:arg]`` config flag value, as config_flags loads it."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('score_jax_config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -107,23 +161,6 @@ def build_mesh(mesh: ml_collections.ConfigDict | dict,
 
 # ---- the training config ------------------------------------------------------------------
 
-# Phase kinds of a schedule. RL phases sample and update every step; SFT on self-generated
-# traces (the paper's STaR and Pair-SFT baselines) samples a phase's worth of rollouts at its
-# start and then fine-tunes on the traces it builds from them.
-RL_KINDS = ('stage1', 'stage2', 'single_turn')
-SELF_SFT_KINDS = ('star', 'pair_sft')
-PHASE_KINDS = ('sft',) + RL_KINDS + SELF_SFT_KINDS
-
-
-def optimizer_section(config: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
-  """The config section (``sft``, ``rl`` or ``self_sft``) whose optimizer a phase uses."""
-  if kind == 'sft':
-    return config.sft
-  if kind in SELF_SFT_KINDS:
-    return config.self_sft
-  return config.rl
-
-
 def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name='adam', learning_rate=learning_rate, warmup_steps=0, decay='constant',
@@ -154,7 +191,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       prompt_len=64, attempt1_len=128, instruction_len=0, attempt2_len=128, temperature=1.0,
       top_p=1.0, top_k=0, row_chunks=1, decode_block_len=0))
   # Phases in order, as kind:steps pairs; kinds: sft, stage1, stage2, single_turn, star,
-  # pair_sft (score_jax/train.py says what each does).
+  # pair_sft (score_jax/training/phases.py says what each does).
   c.schedule = 'stage1:100,stage2:100'
   # trace_options: passed to the task's make_traces (for the toy task, TraceRates fields).
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
@@ -165,7 +202,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       normalize_std=False, optimizer=optimizer_config(5e-6)))
   # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
-  # (score_jax.baselines) and then takes SFT steps of batch_size traces: `epochs` passes over
+  # (score_jax.training.self_sft) and then takes SFT steps of batch_size traces: `epochs` passes over
   # them (0: N steps however few the traces), at most N, so that it spends at most the sample
   # and update budget of N RL steps. keep_correct_to_correct: STaR also keeps
   # pairs whose attempts are both right. train_attempt1: the loss also covers attempt 1 (by
@@ -183,24 +220,7 @@ def base_train_config() -> ml_collections.ConfigDict:
   return c
 
 
-def parse_schedule(schedule: str) -> list[tuple[str, int]]:
-  """'sft:600,stage1:100' → [('sft', 600), ('stage1', 100)], with clear errors."""
-  phases = []
-  for item in filter(None, (s.strip() for s in schedule.split(','))):
-    kind, _, steps = item.partition(':')
-    if kind not in PHASE_KINDS:
-      raise ValueError(f'schedule: unknown phase {kind!r} in {schedule!r}; phases are '
-                       f'{PHASE_KINDS}.')
-    if not steps.isdigit() or int(steps) <= 0:
-      raise ValueError(f'schedule: phase {kind!r} needs a positive step count, as in '
-                       f'{kind}:100; got {item!r}.')
-    phases.append((kind, int(steps)))
-  if not phases:
-    raise ValueError('schedule is empty; give phases such as "sft:600,stage1:100,stage2:300".')
-  return phases
-
-
-def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   """Checks the trainer's settings once, at start-up; returns the parsed schedule.
 
   Raises:
@@ -219,9 +239,9 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
   if rl.batch_size % rl.minibatches:
     raise ValueError(f'rl.minibatches ({rl.minibatches}) must divide rl.batch_size '
                      f'({rl.batch_size}).')
-  _check_choice_field('rl.algorithm', rl.algorithm, ('reinforce', 'ppo'))
-  _check_choice_field('rl.kl_estimator', rl.kl_estimator, ('k1', 'k2', 'k3'))
-  _check_choice_field('rl.baseline', rl.baseline, ('rloo', 'mean', 'none'))
+  _check_choice_field('rl.algorithm', rl.algorithm, rl_lib.ALGORITHMS)
+  _check_choice_field('rl.kl_estimator', rl.kl_estimator, rl_lib.KL_ESTIMATORS)
+  _check_choice_field('rl.baseline', rl.baseline, rl_lib.BASELINES)
   if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
     raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
                      'rl.minibatches=1, or use rl.algorithm=ppo.')
@@ -232,12 +252,19 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
   for name in ('prompt_len', 'attempt1_len'):
     if getattr(r, name) <= 0:
       raise ValueError(f'rollout.{name} must be positive; got {getattr(r, name)}.')
-  needs_two_turns = any(kind != 'single_turn' for kind, _ in phases)
+  needs_two_turns = any(phase.two_turns for phase in phases)
   if needs_two_turns and r.attempt2_len <= 0:
     raise ValueError('rollout.attempt2_len must be positive for two-turn phases.')
   if r.temperature < 0 or not 0 < r.top_p <= 1:
     raise ValueError(f'rollout.temperature must be >= 0 and rollout.top_p in (0, 1]; got '
                      f'{r.temperature} and {r.top_p}.')
+  learning = [str(p) for p in phases if p.samples_rollouts]
+  if learning and r.temperature == 0:
+    raise ValueError(f'rollout.temperature is 0 (greedy), but phases {", ".join(learning)} '
+                     f'learn from sampled rollouts: every sample of a prompt would be the same '
+                     f'and the RLOO advantages 0. Set --config.rollout.temperature > 0 (the '
+                     f'paper samples at 1.0).')
+  _check_ranges(c)
   chunks = r.get('row_chunks', 1)
   if chunks <= 0:
     raise ValueError(f'rollout.row_chunks must be positive; got {chunks}.')
@@ -265,6 +292,43 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[tuple[str, int]]
       raise ValueError(f'{section}.optimizer.final_fraction must be in [0, 1]; got '
                        f'{c[section].optimizer.final_fraction}.')
   return phases
+
+
+# Numeric fields with a valid range: (field, test, what the value must be).
+_POSITIVE = (lambda v: v > 0, 'positive')
+_NON_NEGATIVE = (lambda v: v >= 0, '>= 0')
+_RANGES = (
+    ('rl.clip_epsilon', *_POSITIVE),
+    ('rl.ppo_epochs', *_POSITIVE),
+    ('rl.minibatches', *_POSITIVE),
+    ('eval.num_problems', *_POSITIVE),
+    ('eval.batch_size', *_POSITIVE),
+    ('eval.temperature', lambda v: v >= 0, '>= 0 (0 is greedy)'),
+    ('eval.every_steps', lambda v: v >= 0, '>= 0 (0: only the base and final evaluations)'),
+    ('checkpoint.every_steps', *_POSITIVE),
+    ('checkpoint.max_to_keep', *_POSITIVE),
+    ('log_every_steps', *_POSITIVE),
+    ('logprob_chunk', *_POSITIVE),
+) + tuple(item for section in ('sft', 'rl', 'self_sft') for item in (
+    (f'{section}.optimizer.learning_rate', lambda v: v > 0,
+     'positive (an update at learning rate 0 changes nothing)'),
+    (f'{section}.optimizer.warmup_steps', *_NON_NEGATIVE),
+    (f'{section}.optimizer.grad_clip', lambda v: v >= 0, '>= 0 (0: no clipping)'),
+    (f'{section}.optimizer.weight_decay', *_NON_NEGATIVE),
+    (f'{section}.optimizer.eps', *_POSITIVE),
+    (f'{section}.optimizer.b1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    (f'{section}.optimizer.b2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+))
+
+
+def _check_ranges(c: ml_collections.ConfigDict) -> None:
+  """Rejects a numeric field outside its range (``_RANGES``), by name."""
+  for field, is_valid, what in _RANGES:
+    node = c
+    for part in field.split('.'):
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if node is not None and not is_valid(node):
+      raise ValueError(f'{field} must be {what}; got {node}.')
 
 
 def _check_choice_field(name: str, value, choices) -> None:

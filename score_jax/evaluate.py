@@ -14,7 +14,9 @@ used unless ``--step`` names another. The run's config is read from the checkpoi
 ``--config`` (with overrides) only to evaluate under different settings, e.g. another
 held-out split. Decoding is greedy by default, as in the paper. When
 the checkpoint holds the frozen reference model of an RL run, its row is printed too, so
-the table shows base vs trained. The result goes to ``--output`` (default
+the table shows base vs trained; each model is read from the checkpoint only when its row is
+evaluated (and only its parameters), so one copy of the weights is in memory at a time. The
+result goes to ``--output`` (default
 ``WORKDIR/eval_step<N>.json``), and both attempts on every problem to ``..._samples.jsonl``
 beside it. Paths may be URLs (``gs://...``). On a multi-host slice, run it on every host with
 ``SCORE_JAX_DISTRIBUTED=1`` as for ``score_jax.train``: each host scores its own rows and
@@ -23,9 +25,11 @@ process 0 prints and writes the result.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -36,10 +40,12 @@ from ml_collections import config_flags
 import ml_collections
 
 from score_jax import config_lib, distributed, paths, reporting
-from score_jax.checkpoints import Checkpointer, checkpoint_dir, restore_models
-from score_jax.evaluation import Evaluator
-from score_jax.experiment import Experiment
+from score_jax.checkpoints import Checkpointer, checkpoint_dir
 from score_jax.sampling import SamplingParams
+from score_jax.training.errors import EXIT_INVALID
+from score_jax.training.evaluation import Evaluator
+from score_jax.training.experiment import Experiment
+from score_jax.training.steps import abstract_params_of
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file to use instead of the one stored in the checkpoint.',
@@ -61,7 +67,11 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def load_models(config):
-  """(config, experiment, step label, params, reference or None, workdir) for the flags."""
+  """(config, experiment, workdir, models) for the flags.
+
+  ``models`` lists the table's rows as ``(name, load)``: ``load()`` reads that model's
+  parameters when its row is evaluated, so that only one model is in memory at a time.
+  """
   if _CHECKPOINT.value is None:
     if config is None or not config.get('init_from'):
       raise ValueError('Give --checkpoint (a training workdir), or a --config whose init_from '
@@ -69,20 +79,52 @@ def load_models(config):
     workdir = _WORKDIR.value
     with distributed.main_process_first('data'):
       experiment = Experiment.from_config(config, workdir, with_train_split=False)
-    params, _ = experiment.initial_params(config.seed)
-    return config, experiment, 'base', params, None, workdir
+    return config, experiment, workdir, [
+        ('base', lambda: experiment.initial_params(config.seed)[0])]
   workdir, directory = checkpoint_dir(_CHECKPOINT.value)
+  with _open(directory) as checkpointer:
+    meta = checkpointer.read_meta(_STEP.value)
+  # The run's own config (as saved with the checkpoint) unless --config overrides it.
+  config = config or ml_collections.ConfigDict(meta['config'])
+  with distributed.main_process_first('data'):
+    experiment = Experiment.from_config(config, workdir, with_train_split=False)
+  target = abstract_params_of(experiment.model('train'))
+  step = meta['global_step']
+
+  def load(reference: bool):
+    with _open(directory) as checkpointer:
+      return checkpointer.restore_params(target, step, reference=reference)
+
+  models = [('base', lambda: load(True))] if meta['has_reference'] and _BASE.value else []
+  return config, experiment, workdir, models + [(f'step {step}', lambda: load(False))]
+
+
+@contextlib.contextmanager
+def _open(directory: str):
   checkpointer = Checkpointer(directory, async_save=False)
   try:
-    meta = checkpointer.read_meta(_STEP.value)
-    # The run's own config (as saved with the checkpoint) unless --config overrides it.
-    config = config or ml_collections.ConfigDict(meta['config'])
-    with distributed.main_process_first('data'):
-      experiment = Experiment.from_config(config, workdir, with_train_split=False)
-    params, reference = restore_models(config, experiment, checkpointer, meta)
+    yield checkpointer
   finally:
     checkpointer.close()
-  return config, experiment, f'step {meta["global_step"]}', params, reference, workdir
+
+
+def _fail(message: str):
+  """Ends the command with one line on stderr (exit code 2: invalid input)."""
+  print(f'score_jax.evaluate: {message}', file=sys.stderr, flush=True)
+  raise SystemExit(EXIT_INVALID)
+
+
+def _print_progress(done: int, total: int, seconds: float) -> None:
+  if distributed.is_main_process():
+    print(f'  evaluated {done}/{total} problems ({seconds:.0f}s)', flush=True)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; an override of a field the config does not declare is one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' answer to an unknown field.
+    _fail(f'invalid config: {config_lib.unknown_override(argv) or e}')
 
 
 def main(argv):
@@ -90,13 +132,13 @@ def main(argv):
   try:
     distributed.maybe_initialize()  # Before any other JAX call.
   except ValueError as e:
-    raise SystemExit(f'score_jax.evaluate: {e}') from None
+    _fail(str(e))
   config_lib.quiet_library_logs()
   try:
-    config, experiment, label, params, reference, workdir = load_models(_CONFIG.value)
+    config, experiment, workdir, models = load_models(_CONFIG.value)
     sampling = SamplingParams.create(_TEMPERATURE.value, _TOP_P.value)
   except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f'score_jax.evaluate: {e}') from None
+    _fail(str(e))
 
   examples = experiment.test_examples[:_NUM_PROBLEMS.value or config.eval.num_problems]
   evaluator = Evaluator(experiment, config.eval.batch_size)
@@ -104,15 +146,13 @@ def main(argv):
   say = functools.partial(print, flush=True) if main_process else lambda *_, **__: None
   rows, samples = {}, {}
   start = time.perf_counter()
-  if reference is not None and _BASE.value:
-    say(f'evaluating the reference (base) model on {len(examples)} problems')
-    samples['base'] = []
-    rows['base'] = evaluator.run(reference, examples, sampling, _SEED.value, progress=True,
-                                 samples=samples['base'])
-  say(f'evaluating {label} on {len(examples)} problems')
-  samples[label] = []
-  rows[label] = evaluator.run(params, examples, sampling, _SEED.value, progress=True,
-                              samples=samples[label])
+  for name, load in models:
+    what = 'the reference (base) model' if name == 'base' and _CHECKPOINT.value else name
+    say(f'evaluating {what} on {len(examples)} problems')
+    samples[name] = []
+    rows[name] = evaluator.run(load(), examples, sampling, _SEED.value, samples=samples[name],
+                               after_batch=_print_progress)
+  label = models[-1][0]
   wall_s = time.perf_counter() - start
   if not main_process:
     return
@@ -131,4 +171,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -11,17 +11,22 @@ All rates are fractions of *all* problems, as in the paper's tables:
 and two measures of how much attempt 2 changes attempt 1, which expose the "behaviour
 collapse" the paper describes (attempt 2 copies attempt 1): the edit-distance ratio
 (Levenshtein distance / total length of both attempts) and the rate at which the final answer
-changes. Pure numpy/Python functions per batch, plus ``SelfCorrectionAccumulator`` that sums
-over batches so that the aggregate equals the metric over the concatenated batches.
+changes. Pure numpy/Python functions of per-problem values; a table over several batches is
+the metric of their concatenated values (``training.evaluation``).
+
+``OUTCOME_NAMES`` is the one list of the outcome metrics and the names tables give them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-OUTCOME_KEYS = ('acc_t1', 'acc_t2', 'delta', 'delta_i2c', 'delta_c2i')
+# The outcome metrics in table order, with their column names (Kumar et al., 2024, Table 2).
+OUTCOME_NAMES = {'acc_t1': 'Acc@t1', 'acc_t2': 'Acc@t2', 'delta': 'Δ(t1,t2)',
+                 'delta_i2c': 'Δi→c', 'delta_c2i': 'Δc→i'}
+OUTCOME_KEYS = tuple(OUTCOME_NAMES)
 
 
 def _as_outcomes(values, name: str) -> np.ndarray:
@@ -120,63 +125,3 @@ def answers_differ(answers1: Sequence[str | None], answers2: Sequence[str | None
     raise ValueError(f'Need one answer 2 per answer 1; got {len(answers1)} and '
                      f'{len(answers2)}.')
   return np.array([a != b for a, b in zip(answers1, answers2)], bool)
-
-
-def edit_statistics(attempts1: Sequence[str], attempts2: Sequence[str],
-                    extract_answer: Callable[[str], str | None] | None = None
-                    ) -> dict[str, float]:
-  """Mean edit-distance ratio and, given an answer extractor, the different-answer rate."""
-  out = {'edit_ratio': float(np.mean(edit_distance_ratios(attempts1, attempts2)))
-         if len(attempts1) else float('nan')}
-  if extract_answer is not None:
-    differ = answers_differ([extract_answer(a) for a in attempts1],
-                            [extract_answer(b) for b in attempts2])
-    out['different_answer_rate'] = float(differ.mean()) if differ.size else float('nan')
-  return out
-
-
-class SelfCorrectionAccumulator:
-  """Sums per-batch outcomes and edit statistics; ``result()`` is over everything seen.
-
-      acc = SelfCorrectionAccumulator()
-      for batch in batches:
-        acc.update(r1, r2, attempts1=a1, attempts2=a2, answers1=x1, answers2=x2)
-      table_row = acc.result()
-  """
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self) -> None:
-    self._counts = dict(n=0, c1=0, c2=0, i2c=0, c2i=0)
-    self._edit_sum, self._edit_n = 0.0, 0
-    self._differ_sum, self._differ_n = 0, 0
-
-  def update(self, correct_t1, correct_t2, *, attempts1: Sequence | None = None,
-             attempts2: Sequence | None = None, answers1: Sequence | None = None,
-             answers2: Sequence | None = None) -> dict[str, float]:
-    """Adds one batch; returns that batch's metrics."""
-    counts = outcome_counts(correct_t1, correct_t2)
-    for key, value in counts.items():
-      self._counts[key] += value
-    batch = metrics_from_counts(counts)
-    if attempts1 is not None and attempts2 is not None:
-      ratios = edit_distance_ratios(attempts1, attempts2)
-      self._edit_sum += float(ratios.sum())
-      self._edit_n += ratios.size
-      batch['edit_ratio'] = float(ratios.mean()) if ratios.size else float('nan')
-    if answers1 is not None and answers2 is not None:
-      differ = answers_differ(answers1, answers2)
-      self._differ_sum += int(differ.sum())
-      self._differ_n += differ.size
-      batch['different_answer_rate'] = float(differ.mean()) if differ.size else float('nan')
-    return batch
-
-  def result(self) -> dict[str, float]:
-    out = metrics_from_counts(self._counts)
-    out['num_problems'] = self._counts['n']
-    if self._edit_n:
-      out['edit_ratio'] = self._edit_sum / self._edit_n
-    if self._differ_n:
-      out['different_answer_rate'] = self._differ_sum / self._differ_n
-    return out

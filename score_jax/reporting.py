@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 from typing import Mapping
 
 from etils import epath
 
+from score_jax import paths
+from score_jax.metrics import OUTCOME_NAMES
 from score_jax.writers import read_jsonl
-
-TABLE_COLUMNS = (('acc_t1', 'Acc@t1'), ('acc_t2', 'Acc@t2'), ('delta', 'Δ(t1,t2)'),
-                 ('delta_i2c', 'Δi→c'), ('delta_c2i', 'Δc→i'))
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
   """A Markdown table, in percent, of self-correction metrics for named rows."""
-  header = '| method | ' + ' | '.join(name for _, name in TABLE_COLUMNS) + ' |'
-  lines = [header, '|---' * (len(TABLE_COLUMNS) + 1) + '|']
+  header = '| method | ' + ' | '.join(OUTCOME_NAMES.values()) + ' |'
+  lines = [header, '|---' * (len(OUTCOME_NAMES) + 1) + '|']
   for name, values in rows.items():
-    cells = [f'{100 * values[key]:.1f}' if key in values else '–' for key, _ in TABLE_COLUMNS]
+    cells = [f'{100 * values[key]:.1f}' if key in values else '–' for key in OUTCOME_NAMES]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+def write_run_summary(workdir: str, summary: dict) -> None:
+  """The end of a run: prints its table (base and final rows), writes ``summary.json`` and
+  plots ``curves.png`` from ``metrics.jsonl``."""
+  base, final = summary['base'], summary['final']
+  rows = {'base': base, 'final (SCoRe)': final} if base else {'final': final}
+  print('\n' + format_table(rows) + '\n', flush=True)
+  summary_path = os.path.join(workdir, 'summary.json')
+  paths.write_text(summary_path, json.dumps(summary, indent=2))
+  plot = plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
+  print(f'wall time {duration(summary["wall_s"])}; summary in {summary_path}' +
+        (f'; curves in {plot}' if plot else ''), flush=True)
+
+
+def duration(seconds: float) -> str:
+  """'42m07s' under an hour, '3h05m' above."""
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else (
+      f'{seconds // 60}m{seconds % 60:02d}s')
 
 
 def plot_curves(metrics_path: str, out_path: str) -> str | None:

@@ -8,7 +8,7 @@ inference-time scaling, all with the one trainer.
 For each seed the config's leading ``sft`` phases warm-start a base model once (in
 ``WORKDIR/seed<S>/warm_start``); every method then starts from that model, in its own
 ``WORKDIR/seed<S>/<method>``, with the same budget as SCoRe's phases in the config: as many
-steps, each one batch of ``rl.batch_size`` rollouts and one update (``score_jax.paper_tables``
+steps, each one batch of ``rl.batch_size`` rollouts and one update (``score_jax.paper.tables``
 lists the methods and their schedules). Held-out evaluations every ``--eval_every`` steps
 trace each method's collapse (or not) over training. Then, for the SCoRe model (and the base
 model) of the first seed, ``--scaling_samples`` two-attempt rollouts per problem at
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -36,13 +37,17 @@ from etils import epath
 from ml_collections import config_flags
 import numpy as np
 
-from score_jax import config_lib, paths, scaling
+from score_jax import config_lib, paths
+from score_jax.checkpoints import Checkpointer, restore_models
 from score_jax import metrics as sc_metrics
-from score_jax import paper_tables
-from score_jax.evaluation import Evaluator
-from score_jax.experiment import Experiment
-from score_jax.paper_tables import METHODS, METHODS_BY_NAME
-from score_jax.trainer import Trainer
+from score_jax.paper import scaling
+from score_jax.paper import tables as paper_tables
+from score_jax.paper.tables import METHODS, METHODS_BY_NAME
+from score_jax.training.errors import EXIT_INVALID, RunError
+from score_jax.training.evaluation import Evaluator
+from score_jax.training.experiment import Experiment
+from score_jax.training.phases import format_schedule
+from score_jax.training.trainer import Trainer
 from score_jax.writers import read_jsonl
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
@@ -74,7 +79,7 @@ class Reproduction:
     self.eval_every = eval_every
     phases = config_lib.validate_train_config(config)
     leading = 0
-    while leading < len(phases) and phases[leading][0] == 'sft':
+    while leading < len(phases) and phases[leading].is_warm_start:
       leading += 1
     self.warm_phases, self.rl_phases = phases[:leading], phases[leading:]
     if not self.warm_phases or not self.rl_phases:
@@ -92,7 +97,7 @@ class Reproduction:
   def _config_for(self, seed: int, schedule, method: str | None):
     c = self.config.copy_and_resolve_references()
     c.seed = seed
-    c.schedule = paper_tables.format_schedule(schedule)
+    c.schedule = format_schedule(schedule)
     c.eval.every_steps = self.eval_every
     if method == 'no_shaping':
       c.rl.alpha = 0.0
@@ -105,7 +110,7 @@ class Reproduction:
     """Trains every method of one seed; returns {method: summary}."""
     seed_dir = os.path.join(self.workdir, f'seed{seed}')
     seed_start = time.perf_counter()
-    self._log(f'==== seed {seed}: warm start ({paper_tables.format_schedule(self.warm_phases)}) '
+    self._log(f'==== seed {seed}: warm start ({format_schedule(self.warm_phases)}) '
               f'====')
     warm = Trainer(self._config_for(seed, self.warm_phases, None),
                    os.path.join(seed_dir, 'warm_start'), self.warm_phases, self.experiment)
@@ -122,7 +127,7 @@ class Reproduction:
         self._log(f'==== seed {seed}: {method} already done ({summary_path}) ====')
         continue
       schedule = self.schedules[method]
-      self._log(f'==== seed {seed}: {method} ({paper_tables.format_schedule(schedule)}) ====')
+      self._log(f'==== seed {seed}: {method} ({format_schedule(schedule)}) ====')
       trainer = Trainer(self._config_for(seed, schedule, method), method_dir, schedule,
                         self.experiment, initial_params=base_params, base_eval=base_eval)
       summaries[method] = trainer.run()
@@ -140,14 +145,14 @@ class Reproduction:
     """The SCoRe model of the first seed (restored when this run did not train it)."""
     if self.score_params is not None:
       return self.score_params
-    seed, schedule = self.seeds[0], self.schedules['score']
-    trainer = Trainer(self._config_for(seed, schedule, 'score'),
-                      os.path.join(self.workdir, f'seed{seed}', 'score'), schedule,
-                      self.experiment, initial_params=self.base_params)
+    seed = self.seeds[0]
+    checkpointer = Checkpointer(os.path.join(self.workdir, f'seed{seed}', 'score', 'checkpoints'),
+                                async_save=False)
     try:
-      return trainer.latest_params()
+      params, _ = restore_models(self.experiment, checkpointer, with_reference=False)
     finally:
-      trainer.checkpointer.close()
+      checkpointer.close()
+    return params
 
 
 def _eval_curves(run_dir: str, base_eval: dict) -> list[tuple[int, dict]]:
@@ -186,6 +191,19 @@ def build_tables(per_seed: dict[int, dict], methods: list[str]) -> dict:
   return tables
 
 
+def _fail(message: str, exit_code: int):
+  print(message, file=sys.stderr, flush=True)
+  raise SystemExit(exit_code)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; an override of a field the config does not declare is one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' answer to an unknown field.
+    _fail(f'Invalid config: {config_lib.unknown_override(argv) or e}', EXIT_INVALID)
+
+
 def main(argv):
   del argv
   config_lib.quiet_library_logs()
@@ -196,15 +214,17 @@ def main(argv):
     reproduction = Reproduction(_CONFIG.value, workdir, seeds, list(_METHODS.value),
                                 _EVAL_EVERY.value)
   except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f'score_jax.reproduce: {e}') from None
-
-  per_seed = {seed: reproduction.run_seed(seed) for seed in seeds}
+    _fail(f'score_jax.reproduce: {e}', EXIT_INVALID)
+  try:
+    per_seed = {seed: reproduction.run_seed(seed) for seed in seeds}
+  except RunError as e:  # Preempted (rerun to resume), diverged, or a mismatched workdir.
+    _fail(f'score_jax.reproduce: {e}', e.exit_code)
   methods = list(_METHODS.value)
   result = dict(seeds=seeds, tables=build_tables(per_seed, methods),
                 seed_wall_s={seed: summaries['wall_s'] for seed, summaries in per_seed.items()},
-                schedules={m: paper_tables.format_schedule(s)
+                schedules={m: format_schedule(s)
                            for m, s in reproduction.schedules.items()},
-                warm_start=paper_tables.format_schedule(reproduction.warm_phases))
+                warm_start=format_schedule(reproduction.warm_phases))
 
   # Collapse diagnostics (first seed): edit-distance ratios and the curves over training.
   seed_dir = os.path.join(workdir, f'seed{seeds[0]}')
@@ -289,4 +309,4 @@ def tables_markdown(result: dict, num_seeds: int) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -195,9 +195,6 @@ class MeshRules:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
 
-  def with_rules(self, rules: Rules | str) -> 'MeshRules':
-    return MeshRules(self.mesh, RULE_SETS[rules] if isinstance(rules, str) else rules)
-
 
 def is_axis_names(x: Any) -> bool:
   """Whether ``x`` is one array's logical axis names (a leaf of a logical-axes pytree)."""

@@ -5,7 +5,7 @@ r"""Trains a model to self-correct with SCoRe (Kumar et al., 2024).
       --config.schedule=sft:20,stage2:5
 
 The config's ``schedule`` lists the phases (``sft``, ``stage1``, ``stage2``, ``single_turn``,
-``star``, ``pair_sft``; ``score_jax/trainer.py`` says what each does). Metrics go to
+``star``, ``pair_sft``; ``score_jax/training/phases.py`` says what each does). Metrics go to
 ``WORKDIR/metrics.jsonl`` and TensorBoard; checkpoints to ``WORKDIR/checkpoints`` (rerunning the command resumes from the
 latest one, and SIGTERM saves one before exiting); at the end the base and final models are
 evaluated on the held-out problems and ``WORKDIR/summary.json`` and ``WORKDIR/curves.png``
@@ -22,26 +22,43 @@ axes ``data`` and ``fsdp``); metrics are gathered so that all processes agree; o
 process 0 prints and writes metrics, the summary and the plot; every process takes part in
 each checkpoint save and restore, and a SIGTERM on any process stops all of them after the
 same step.
+
+Exit codes (``score_jax/training/errors.py``): 0 done; 2 invalid config or input, one line
+on stderr; 3 training diverged (the last good checkpoint is kept); 143 preempted by
+SIGTERM after saving a checkpoint (rerun to resume); 1 an unexpected error.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from score_jax import config_lib, distributed
-from score_jax.experiment import Experiment
-from score_jax.trainer import Trainer
+from score_jax.training.errors import EXIT_INVALID, RunError
+from score_jax.training.experiment import Experiment
+from score_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, summary.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Set by the launcher on multi-host TPU slices: the trainer then calls
-# jax.distributed.initialize() before anything else touches JAX.
-DISTRIBUTED_ENV = distributed.DISTRIBUTED_ENV
+
+def _fail(message: str, exit_code: int):
+  """Ends the command with one line on stderr."""
+  print(message, file=sys.stderr, flush=True)
+  raise SystemExit(exit_code)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; an override of a field the config does not declare is one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' answer to an unknown field.
+    _fail(f'Invalid config: {config_lib.unknown_override(argv) or e}', EXIT_INVALID)
 
 
 def main(argv):
@@ -50,7 +67,7 @@ def main(argv):
   try:
     distributed.maybe_initialize()
   except ValueError as e:
-    raise SystemExit(f'Invalid environment: {e}') from None
+    _fail(f'Invalid environment: {e}', EXIT_INVALID)
   config_lib.quiet_library_logs()
   config = _CONFIG.value
   workdir = _WORKDIR.value
@@ -61,9 +78,12 @@ def main(argv):
       experiment = Experiment.from_config(config, workdir)
     trainer = Trainer(config, workdir, phases, experiment)
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
-    raise SystemExit(f'Invalid config: {e}') from None
-  trainer.run()
+    _fail(f'Invalid config: {e}', EXIT_INVALID)
+  try:
+    trainer.run()
+  except RunError as e:
+    _fail(str(e), e.exit_code)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

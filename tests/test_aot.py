@@ -41,7 +41,7 @@ def test_scale_config_validates_and_its_mesh_covers_the_slice(name, arg):
   config = load_config(name, arg)
   phases = config_lib.validate_train_config(config)
   config_lib.build_model_config(config.model)
-  assert any(kind in ('stage1', 'stage2') for kind, _ in phases)
+  assert any(phase.kind in ('stage1', 'stage2') for phase in phases)
   tpu = aot.Slice.from_config(config.tpu)
   mesh = sharding.resolve_mesh_shape(config.mesh.to_dict(), tpu.num_chips)
   assert mesh['data'] * mesh['fsdp'] * mesh['tensor'] == tpu.num_chips
@@ -79,7 +79,7 @@ def test_missing_libtpu_names_the_install_command(monkeypatch):
   real_find_spec = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec',
                       lambda name, *a: None if name == 'libtpu' else real_find_spec(name, *a))
-  with pytest.raises(SystemExit, match=re.escape("pip install 'score-jax[tpu]'")) as error:
+  with pytest.raises(aot.LibtpuMissing, match=re.escape("pip install 'score-jax[tpu]'")) as error:
     aot.require_libtpu()
   assert "libtpu==0.0.42.*" in str(error.value)
 
@@ -160,5 +160,5 @@ def test_compiler_out_of_memory_does_not_fit():
 @needs_libtpu
 def test_unknown_topology_is_a_config_error():
   code, _, stderr = run_aot('--config=configs/gemma2_2b.py:tiny', '--config.tpu.topology=3x5')
-  assert code == 1
+  assert code == 2
   assert "Invalid config: tpu.topology '3x5' (v5e) is not a slice libtpu knows" in stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from score_jax.baselines import ScoredPair, pair_sft_traces, star_traces
+from score_jax.training.self_sft import ScoredPair, pair_sft_traces, star_traces
 from score_jax.tasks.base import Example, Trace
 
 P = Example(id='p', problem='1+1', answer='2')

@@ -23,7 +23,8 @@ from score_jax.convert import hf, model_config_for, open_pretrained  # pylint: d
 from score_jax.convert.gguf_file import unpermute_rope_rows  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.model import Decoder, positions_from_valid  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.sampling import RolloutSpec, SamplingParams, make_rollout_fn, pack_prompts  # pylint: disable=g-import-not-at-top,wrong-import-position
-from score_jax.sampling.templates import JinjaChatTemplate, attempt_token_lists, get_template  # pylint: disable=g-import-not-at-top,wrong-import-position
+from score_jax.sampling.templates import JinjaChatTemplate, get_template  # pylint: disable=g-import-not-at-top,wrong-import-position
+from score_jax.trajectory import attempt_token_lists  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.sharding import MeshRules, TRAIN_RULES, make_mesh  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VOCAB = 128

@@ -76,25 +76,3 @@ def test_edit_ratio_and_different_answers():
   np.testing.assert_allclose(ratios, [0.0, 3 / 6, 0.0])
   differ = metrics.answers_differ(['1', '2', None, None], ['1', '3', None, '4'])
   np.testing.assert_array_equal(differ, [False, True, False, True])
-  stats = metrics.edit_statistics(['A: 1', 'A: 2'], ['A: 1', 'A: 3'],
-                                  lambda s: s.split(': ')[1])
-  assert stats == pytest.approx(dict(edit_ratio=(0 + 1 / 8) / 2, different_answer_rate=0.5))
-
-
-def test_accumulator_equals_the_metric_over_all_batches():
-  rng = np.random.default_rng(1)
-  t1, t2 = rng.integers(0, 2, 37), rng.integers(0, 2, 37)
-  a1 = [str(x) * int(k) for x, k in zip(t1, rng.integers(1, 5, 37))]
-  a2 = [str(x) * int(k) for x, k in zip(t2, rng.integers(1, 5, 37))]
-  acc = metrics.SelfCorrectionAccumulator()
-  for start in range(0, 37, 10):
-    part = slice(start, start + 10)
-    acc.update(t1[part], t2[part], attempts1=a1[part], attempts2=a2[part],
-               answers1=list(map(str, t1[part])), answers2=list(map(str, t2[part])))
-  result = acc.result()
-  whole = metrics.self_correction_metrics(t1, t2)
-  for key, value in whole.items():
-    assert result[key] == pytest.approx(value)
-  assert result['num_problems'] == 37
-  assert result['edit_ratio'] == pytest.approx(metrics.edit_distance_ratios(a1, a2).mean())
-  assert result['different_answer_rate'] == pytest.approx((t1 != t2).mean())

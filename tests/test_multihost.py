@@ -21,7 +21,7 @@ import pytest
 
 from score_jax import distributed
 from score_jax.checkpoints import Checkpointer
-from score_jax.experiment import Experiment
+from score_jax.training.experiment import Experiment
 from score_jax.writers import read_jsonl
 from test_train import REPO, SMOKE, final_params, smoke_config
 

@@ -11,9 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import config_lib, paper_tables, scaling
-from score_jax.experiment import Experiment
-from score_jax.trainer import Trainer
+from score_jax import config_lib
+from score_jax import metrics
+from score_jax.paper import scaling
+from score_jax.paper import tables as paper_tables
+from score_jax.training.experiment import Experiment
+from score_jax.training.phases import Phase
+from score_jax.training.trainer import Trainer
 from score_jax.writers import read_jsonl
 
 from test_train import REPO, smoke_config
@@ -54,27 +58,27 @@ def test_scaling_curve_spends_the_budget_two_ways():
 
 # ---- method schedules and aggregation ----------------------------------------------------
 
-RL = [('stage1', 100), ('stage2', 50), ('stage1', 100)]
+RL = [Phase('stage1', 100), Phase('stage2', 50), Phase('stage1', 100)]
 
 
 @pytest.mark.parametrize('name,expected', [
     ('score', RL),
     ('no_shaping', RL),
-    ('star', [('star', 84), ('star', 83), ('star', 83)]),
-    ('pair_sft', [('pair_sft', 250)]),
-    ('single_turn', [('single_turn', 250)]),
-    ('no_stage1', [('stage2', 250)]),
-    ('star_stage2', [('stage1', 100), ('star', 50), ('stage1', 100)]),
+    ('star', [Phase('star', 84), Phase('star', 83), Phase('star', 83)]),
+    ('pair_sft', [Phase('pair_sft', 250)]),
+    ('single_turn', [Phase('single_turn', 250)]),
+    ('no_stage1', [Phase('stage2', 250)]),
+    ('star_stage2', [Phase('stage1', 100), Phase('star', 50), Phase('stage1', 100)]),
 ])
 def test_every_method_gets_scores_budget(name, expected):
   schedule = paper_tables.method_schedule(name, RL)
   assert schedule == expected
-  assert sum(steps for _, steps in schedule) == 250
+  assert sum(phase.steps for phase in schedule) == 250
 
 
 def test_method_schedule_errors_name_the_problem():
   with pytest.raises(ValueError, match='replaces Stage II'):
-    paper_tables.method_schedule('star_stage2', [('stage1', 10)])
+    paper_tables.method_schedule('star_stage2', [Phase('stage1', 10)])
   with pytest.raises(ValueError, match='not a trained method'):
     paper_tables.method_schedule('base', RL)
 
@@ -149,7 +153,7 @@ def test_self_sft_phase_with_no_traces_makes_no_updates(tmp_path):
   records = read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
   assert [r for r in records if r.get('phase') == 'star'] == []  # No SFT step was taken.
   # The base row is the model when the phase began; the final one is the same model.
-  for field in paper_tables.METRICS:
+  for field in metrics.OUTCOME_KEYS:
     assert summary['final'][field] == summary['base'][field]
 
 
@@ -173,8 +177,8 @@ def test_reproduce_writes_every_row_of_both_tables_and_the_plots(tmp_path):
     assert list(tables['tables'][table]) == rows
     for row in rows:
       ours = tables['tables'][table][row]['ours']
-      assert set(ours) == set(paper_tables.METRICS)
-      assert all(np.isfinite(ours[m]['mean']) for m in paper_tables.METRICS)
+      assert set(ours) == set(metrics.OUTCOME_KEYS)
+      assert all(np.isfinite(ours[m]['mean']) for m in metrics.OUTCOME_KEYS)
   assert tables['tables']['main']['score']['paper']['delta'] == 4.4
   assert tables['schedules']['star'] == 'star:2,star:2,star:2'
   assert [r['budget'] for r in tables['inference_scaling']['rows']['score']] == [2, 4]
@@ -211,8 +215,8 @@ def test_self_sft_loss_covers_only_the_revision_unless_asked(tmp_path):
   train_attempt1=True, as in the warm start)."""
   from score_jax.model import token_logprobs  # pylint: disable=g-import-not-at-top
   from score_jax.sampling import pack_trajectories  # pylint: disable=g-import-not-at-top
-  from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2  # pylint: disable=g-import-not-at-top
-  from score_jax.train_steps import TrainState, make_optimizer, make_sft_step  # pylint: disable=g-import-not-at-top
+  from score_jax.trajectory import ATTEMPT1, ATTEMPT2  # pylint: disable=g-import-not-at-top
+  from score_jax.training.steps import TrainState, make_optimizer, make_sft_step  # pylint: disable=g-import-not-at-top
 
   config = smoke_config()
   experiment = Experiment.from_config(config, str(tmp_path))
@@ -241,5 +245,5 @@ def test_self_sft_loss_covers_only_the_revision_unless_asked(tmp_path):
 ])
 def test_self_sft_updates_are_epochs_over_the_traces_capped_by_the_phase(num_traces, epochs,
                                                                          expected):
-  from score_jax.trainer import _self_sft_updates  # pylint: disable=g-import-not-at-top
-  assert _self_sft_updates(84, num_traces, 64, epochs) == expected
+  from score_jax.training.self_sft import self_sft_updates  # pylint: disable=g-import-not-at-top
+  assert self_sft_updates(84, num_traces, 64, epochs) == expected

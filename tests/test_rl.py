@@ -5,9 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.rl import (group_advantages, kl_divergence, masked_mean, ppo_clip_loss,
-                          reinforce_loss, shaped_second_reward, stage_token_weights)
-from score_jax.sampling import ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT
+from score_jax.model import token_logprobs
+from score_jax.rl import (LOG_RATIO_LIMIT, RLBatch, RLSettings, group_advantages,
+                          importance_ratio, kl_divergence, masked_mean, ppo_clip_loss,
+                          reinforce_loss, rl_loss, shaped_second_reward, stage_token_weights)
+from score_jax.trajectory import (ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT, RolloutSpec,
+                                  pack_trajectories)
+
+from helpers import make_model
 
 
 def test_kl_estimators_by_hand():
@@ -109,7 +114,7 @@ def rule(stage, **overrides):
   settings = dict(alpha=10.0, beta1=0.01, beta2=0.1, num_samples=2, baseline='rloo')
   settings.update(overrides)
   segments = jnp.asarray([SEGMENT_ROW] * 4)
-  return stage_token_weights(stage, R1, R2, segments, **settings)
+  return stage_token_weights(RLSettings(stage, **settings), R1, R2, segments)
 
 
 def test_stage1_rule_by_hand():
@@ -145,3 +150,59 @@ def test_stage2_without_shaping_and_single_turn():
   assert float(single.kl_weights[:, 7:9].sum()) == 0
   with pytest.raises(ValueError, match="Unknown stage 'stage3'"):
     rule('stage3')
+
+
+# ---- the guards: a value no term selects cannot reach the loss ---------------------------------
+
+
+def test_masked_mean_ignores_infinite_and_nan_values_outside_the_mask():
+  x = jnp.asarray([[1.0, jnp.inf, 3.0], [jnp.nan, -jnp.inf, 6.0]])
+  mask = jnp.asarray([[True, False, True], [False, False, True]])
+  assert float(masked_mean(x, mask)) == pytest.approx(10 / 3)
+  grad = jax.grad(lambda v: masked_mean(v, mask))(x)
+  np.testing.assert_allclose(grad, np.where(mask, 1 / 3, 0.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize('algorithm', ['reinforce', 'ppo'])
+def test_an_infinite_log_ratio_at_a_masked_position_changes_nothing(algorithm):
+  """Stage I: attempt-1 tokens carry no policy-gradient term and prompt or padding slots no
+  term at all. A log-ratio of +inf or -inf there (an old or reference log-prob of -inf)
+  leaves the loss and its gradient finite and equal to those of the batch without it."""
+  model, params, _ = make_model('tiny')
+  spec = RolloutSpec(prompt_len=4, attempt1_len=4, stop_tokens=(2,), instruction_tokens=(5, 6),
+                     attempt2_len=4)
+  rollout = jax.tree.map(jnp.asarray, pack_trajectories(
+      spec, [[7, 8], [9], [7, 8], [10, 11, 12]], [[13, 2], [14, 15, 2], [16], [17, 2]],
+      [[18, 2], [19], [20, 21, 2], [22, 23, 24, 2]]))
+  settings = RLSettings('stage1', num_samples=2, algorithm=algorithm)
+  weights = stage_token_weights(settings, jnp.asarray([0.0, 1.0, 1.0, 0.0]),
+                                jnp.asarray([1.0, 0.0, 0.0, 1.0]), rollout.segments)
+  logp = token_logprobs(model, params, rollout.tokens, rollout.positions, rollout.valid)
+  sampled = np.isin(rollout.segments, [ATTEMPT1, ATTEMPT2])
+  assert (sampled & ~np.asarray(weights.pg_mask)).any()  # Attempt-1 tokens: no PG term.
+  clean = RLBatch(tokens=rollout.tokens, valid=rollout.valid, positions=rollout.positions,
+                  segments=rollout.segments, old_logp=logp, ref_logp=logp - 0.1,
+                  advantages=weights.advantages, pg_mask=weights.pg_mask,
+                  kl_weights=weights.kl_weights)
+  poisoned = clean.replace(
+      old_logp=jnp.where(weights.pg_mask, clean.old_logp, -jnp.inf),  # log ratio +inf
+      ref_logp=jnp.where(sampled, clean.ref_logp, -jnp.inf))  # KL log ratio -inf
+  loss_and_grad = jax.jit(jax.value_and_grad(
+      lambda p, batch: rl_loss(p, model, batch, settings)[0]))
+  loss, grads = loss_and_grad(params, clean)
+  poisoned_loss, poisoned_grads = loss_and_grad(params, poisoned)
+  assert np.isfinite(float(poisoned_loss))
+  assert float(poisoned_loss) == float(loss)
+  for got, want in zip(jax.tree.leaves(poisoned_grads), jax.tree.leaves(grads)):
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_huge_importance_ratio_is_clipped_before_exp():
+  logp = jnp.asarray([0.0, 0.0, -1.0])
+  old = jnp.asarray([-1000.0, 1000.0, -1.0])
+  ratio = importance_ratio(logp, old)
+  np.testing.assert_allclose(ratio, [np.exp(LOG_RATIO_LIMIT), np.exp(-LOG_RATIO_LIMIT), 1.0],
+                             rtol=1e-6)
+  grad = jax.grad(lambda lp: importance_ratio(lp, old).sum())(logp)
+  np.testing.assert_allclose(grad, [0.0, 0.0, 1.0])  # No gradient through the clip.

@@ -280,7 +280,7 @@ def test_rollout_in_row_chunks_equals_the_whole_batch():
 def test_packed_trajectories_match_the_sampled_layout():
   """Teacher-forced packing of a rollout's own attempts reproduces the rollout's arrays."""
   from score_jax.sampling import pack_trajectories  # pylint: disable=g-import-not-at-top
-  from score_jax.sampling.templates import attempt_token_lists  # pylint: disable=g-import-not-at-top
+  from score_jax.trajectory import attempt_token_lists  # pylint: disable=g-import-not-at-top
   model, params, spec = model_and_spec('tiny')
   tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
   out = make_rollout_fn(model, spec)(params, tokens, valid, jax.random.key(5),

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from score_jax.sampling import ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT, Rollout
-from score_jax.sampling.templates import TEMPLATES, attempt_texts, get_template
+from score_jax.sampling.templates import TEMPLATES, get_template
+from score_jax.trajectory import attempt_texts
 from score_jax.tokenizer import SentencePieceTokenizer
 
 ALL_SPECIALS = sorted({s for t in TEMPLATES.values() for s in t.specials})

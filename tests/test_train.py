@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from score_jax import config_lib
-from score_jax.checkpoints import Checkpointer, abstract_like
-from score_jax.experiment import Experiment
+from score_jax.checkpoints import Checkpointer, restore_models
 from score_jax.model import init_params
-from score_jax.train_steps import TrainState, make_optimizer
+from score_jax.training.experiment import Experiment
 from score_jax.writers import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,12 +54,11 @@ def smoke_config(**changes):
 def final_params(workdir, config):
   """The policy parameters of the latest checkpoint in a workdir."""
   experiment = Experiment.from_config(config, workdir)
-  params, _ = init_params(experiment.model('train'), jax.random.key(0))
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
-  target = abstract_like(TrainState.create(params, make_optimizer(config.rl.optimizer)))
-  state, reference, meta = checkpointer.restore(target, abstract_like(params))
+  meta = checkpointer.read_meta()
+  params, reference = restore_models(experiment, checkpointer, meta['global_step'])
   checkpointer.close()
-  return state.params, reference, meta
+  return params, reference, meta
 
 
 @pytest.fixture(scope='module')
@@ -173,6 +171,15 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     ({'rollout.row_chunks': 0}, r'rollout.row_chunks must be positive; got 0'),
     ({'rollout.row_chunks': 3}, r'rollout.row_chunks \(3\) must divide rl.batch_size \(16\)'),
     ({'rollout.decode_block_len': -1}, r'rollout.decode_block_len must be >= 0'),
+    ({'rl.alpha': -1.0}, r'rl.alpha must be >= 0; got -1.0'),
+    ({'rl.beta2': -0.1}, r'rl.beta2 must be >= 0; got -0.1'),
+    ({'rl.optimizer.learning_rate': -1e-4}, r'rl.optimizer.learning_rate must be positive'),
+    ({'sft.optimizer.learning_rate': 0.0}, r'sft.optimizer.learning_rate must be positive'),
+    ({'rollout.temperature': 0.0}, r'rollout.temperature is 0 \(greedy\), but phases '
+                                   r'stage1:3, stage2:3 learn from sampled rollouts'),
+    ({'rl.clip_epsilon': 0.0}, r'rl.clip_epsilon must be positive; got 0.0'),
+    ({'eval.temperature': -1.0}, r'eval.temperature must be >= 0 \(0 is greedy\)'),
+    ({'checkpoint.every_steps': 0}, r'checkpoint.every_steps must be positive; got 0'),
 ])
 def test_bad_settings_stop_at_start_up(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -202,7 +209,80 @@ def test_sft_traces_too_long_for_their_slot_stop_before_training(tmp_path):
 @pytest.mark.slow
 def test_command_line_errors_are_one_clear_line(tmp_path):
   result = run_train(str(tmp_path), '--config.rl.num_samples=3')
-  assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1] == (
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
       'Invalid config: rl.num_samples (3) must divide rl.batch_size (16): each prompt is '
-      'sampled num_samples times.')
+      'sampled num_samples times.']
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.rl.alpah=5', '--config.rl.alpah: configs/toy_arith.py:smoke declares no field '
+                            'rl.alpah; did you mean rl.alpha?'),
+    ('--config.evall.num_problems=5', '--config.evall.num_problems: configs/toy_arith.py:smoke '
+                                      'declares no field evall; did you mean eval?'),
+    ('--config.rl.alpha.x=5', '--config.rl.alpha.x: configs/toy_arith.py:smoke declares no '
+                              'field rl.alpha.x; rl.alpha is a value, not a section.'),
+])
+def test_an_override_of_an_undeclared_field_is_one_line_naming_it(tmp_path, override, message):
+  result = run_train(str(tmp_path), override, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [f'Invalid config: {message}']
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_base_evaluation_saves_and_resumes(tmp_path):
+  """A SIGTERM that arrives while the base model is evaluated stops the run after that
+  evaluation batch (not after the next training step); the checkpoint holds no reference, so
+  the rerun freezes and evaluates the base model again, and finishes."""
+  from score_jax.training.errors import Preempted  # pylint: disable=g-import-not-at-top
+  from score_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = smoke_config(schedule='sft:4,stage1:2', **{'eval.num_problems': 32,
+                                                       'eval.batch_size': 8})
+  phases = config_lib.validate_train_config(config)
+  workdir = str(tmp_path)
+  experiment = Experiment.from_config(config, workdir)
+  trainer = Trainer(config, workdir, phases, experiment)
+  sample = trainer.evaluator.scorer.sample
+  batches = []
+
+  def sample_then_sigterm(*args, **kwargs):
+    batches.append(trainer.progress.global_step)
+    os.kill(os.getpid(), signal.SIGTERM)  # Caught by the trainer's handler.
+    return sample(*args, **kwargs)
+
+  trainer.evaluator.scorer.sample = sample_then_sigterm
+  with pytest.raises(Preempted, match='saved a checkpoint at step 4; rerun'):
+    trainer.run()
+  assert batches == [4]  # One of the four evaluation batches, then it stopped.
+  meta = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False).read_meta()
+  assert meta['global_step'] == 4 and not meta['has_reference'] and meta['base_eval'] is None
+
+  summary = Trainer(config, workdir, phases, experiment).run()
+  assert summary['steps'] == 6 and summary['base'] is not None
+  assert summary['base']['num_problems'] == 32
+
+
+def test_the_eta_sums_each_remaining_phase_at_its_own_rate(monkeypatch):
+  from score_jax.training import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  from score_jax.training.phases import parse_schedule  # pylint: disable=g-import-not-at-top
+  clock = [0.0]
+  monkeypatch.setattr(progress_lib.time, 'perf_counter', lambda: clock[0])
+  lines = []
+  log = progress_lib.ProgressLog(parse_schedule('sft:10,stage1:5,stage2:5,stage1:5'),
+                                 lines.append)
+  progress = progress_lib.RunProgress(schedule='')
+  log.start_run()
+  log.start_phase(progress)
+  progress.phase_step = progress.global_step = 10
+  clock[0] = 1.0  # 10 warm-start steps per second
+  assert log.eta(progress) == '0m00s + stage1:5,stage2:5,stage1:5 untimed'
+  log.line(progress)
+  progress.phase_index, progress.phase_step = 1, 0
+  log.start_phase(progress)
+  progress.phase_step, progress.global_step = 2, 12
+  clock[0] = 5.0  # 2 RL steps in 4 s: 0.5 steps per second
+  log.line(progress)
+  # Stage I: 3 steps left here and 5 in the last phase at 0.5/s; Stage II not timed yet.
+  assert log.eta(progress) == '0m16s + stage2:5 untimed'
+  assert 'ETA 0m16s + stage2:5 untimed' in lines[-1] and '0.50 steps/s' in lines[-1]

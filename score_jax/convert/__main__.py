@@ -47,7 +47,7 @@ def _from_input(path: str):
 
 def _from_checkpoint(path: str, step: int | None):
   from score_jax.checkpoints import Checkpointer, checkpoint_dir, restore_models  # pylint: disable=g-import-not-at-top
-  from score_jax.experiment import Experiment  # pylint: disable=g-import-not-at-top
+  from score_jax.training.experiment import Experiment  # pylint: disable=g-import-not-at-top
   workdir, directory = checkpoint_dir(path)
   checkpointer = Checkpointer(directory, async_save=False)
   try:
@@ -55,7 +55,8 @@ def _from_checkpoint(path: str, step: int | None):
     config = ml_collections.ConfigDict(meta['config'])
     experiment = Experiment.from_config(config, workdir, with_train_split=False)
     print(f'restoring step {meta["global_step"]} from {directory}', flush=True)
-    params, _ = restore_models(config, experiment, checkpointer, meta)
+    params, _ = restore_models(experiment, checkpointer, meta['global_step'],
+                               with_reference=False)
   finally:
     checkpointer.close()
   return params, experiment.model_config, experiment.pretrained, experiment.tokenizer

@@ -1,13 +1,15 @@
 """RL for self-correction: losses, advantages, SCoRe stage rules and the objectives."""
 
 from score_jax.rl.advantages import BASELINES, group_advantages
-from score_jax.rl.losses import (KL_ESTIMATORS, kl_divergence, masked_mean, ppo_clip_loss,
-                                 reinforce_loss)
-from score_jax.rl.objective import ALGORITHMS, RLBatch, RLSettings, rl_loss, sft_loss
-from score_jax.rl.stages import STAGES, TokenWeights, shaped_second_reward, stage_token_weights
+from score_jax.rl.losses import (KL_ESTIMATORS, LOG_RATIO_LIMIT, importance_ratio, kl_divergence,
+                                 masked_mean, ppo_clip_loss, reinforce_loss)
+from score_jax.rl.objective import RLBatch, rl_loss, sft_loss
+from score_jax.rl.settings import ALGORITHMS, STAGES, RLSettings
+from score_jax.rl.stages import TokenWeights, shaped_second_reward, stage_token_weights
 
 __all__ = [
-    'ALGORITHMS', 'BASELINES', 'KL_ESTIMATORS', 'RLBatch', 'RLSettings', 'STAGES',
-    'TokenWeights', 'group_advantages', 'kl_divergence', 'masked_mean', 'ppo_clip_loss',
-    'reinforce_loss', 'rl_loss', 'sft_loss', 'shaped_second_reward', 'stage_token_weights',
+    'ALGORITHMS', 'BASELINES', 'KL_ESTIMATORS', 'LOG_RATIO_LIMIT', 'RLBatch', 'RLSettings',
+    'STAGES', 'TokenWeights', 'group_advantages', 'importance_ratio', 'kl_divergence',
+    'masked_mean', 'ppo_clip_loss', 'reinforce_loss', 'rl_loss', 'sft_loss',
+    'shaped_second_reward', 'stage_token_weights',
 ]

@@ -3,6 +3,11 @@
 Everything is per token. ``mask`` arrays select the tokens a term applies to, and every
 mean is a masked mean over the whole batch's tokens (a token-level average: long attempts
 weigh more than short ones, as in most RL-for-LLM code).
+
+Two guards keep a value at a position no term selects out of the loss: masked means select
+with ``where`` (multiplying by a 0/1 mask turns an infinite value into NaN, not 0), and a
+log-ratio is clipped to ±``LOG_RATIO_LIMIT`` before ``exp``, so neither the value nor the
+gradient of a ratio can overflow.
 """
 
 from __future__ import annotations
@@ -14,13 +19,25 @@ Array = jax.Array
 
 KL_ESTIMATORS = ('k1', 'k2', 'k3')
 
+# |log ratio| above this is clipped before exp: e^20 ≈ 5e8 is far beyond any ratio PPO keeps
+# (its clip is 1 ± ε), and far below float32's overflow at e^88.
+LOG_RATIO_LIMIT = 20.0
+
 
 def masked_mean(x: Array, mask: Array, denominator: Array | None = None) -> Array:
-  """sum(x * mask) / max(denominator, 1); the denominator defaults to sum(mask)."""
-  mask = mask.astype(jnp.float32)
+  """The sum of ``x`` where ``mask``, over max(denominator, 1); the denominator defaults to
+  the number of masked positions. Positions outside the mask contribute exactly 0, even when
+  ``x`` is infinite or NaN there."""
+  mask = mask.astype(bool)
   if denominator is None:
-    denominator = jnp.sum(mask)
-  return jnp.sum(x.astype(jnp.float32) * mask) / jnp.maximum(denominator, 1.0)
+    denominator = jnp.sum(mask.astype(jnp.float32))
+  return jnp.sum(jnp.where(mask, x.astype(jnp.float32), 0.0)) / jnp.maximum(denominator, 1.0)
+
+
+def importance_ratio(logp: Array, old_logp: Array) -> Array:
+  """π/π_old = exp(log π − log π_old), with the log-ratio clipped to ±``LOG_RATIO_LIMIT``."""
+  log_ratio = logp.astype(jnp.float32) - old_logp.astype(jnp.float32)
+  return jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
 
 
 def kl_divergence(logp: Array, ref_logp: Array, estimator: str = 'k3') -> Array:
@@ -40,7 +57,7 @@ def kl_divergence(logp: Array, ref_logp: Array, estimator: str = 'k3') -> Array:
     return 0.5 * jnp.square(log_ratio)
   if estimator == 'k3':
     # Clip before exp: a token the reference finds far likelier must not overflow.
-    return jnp.exp(jnp.minimum(log_ratio, 20.0)) - 1.0 - log_ratio
+    return jnp.exp(jnp.minimum(log_ratio, LOG_RATIO_LIMIT)) - 1.0 - log_ratio
   raise ValueError(f'Unknown KL estimator {estimator!r}; choose from {KL_ESTIMATORS}.')
 
 
@@ -58,7 +75,7 @@ def ppo_clip_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array,
     ``(loss, clip_fraction)``: the fraction of masked tokens whose ratio was clipped.
   """
   advantages = jax.lax.stop_gradient(advantages)
-  ratio = jnp.exp(logp - jax.lax.stop_gradient(old_logp))
+  ratio = importance_ratio(logp, jax.lax.stop_gradient(old_logp))
   clipped_ratio = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon)
   surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
   was_clipped = (ratio * advantages) > (clipped_ratio * advantages)

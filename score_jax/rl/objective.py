@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.model import Decoder, token_logprobs
-from score_jax.rl.losses import kl_divergence, masked_mean, ppo_clip_loss, reinforce_loss
-from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2
+from score_jax.rl.losses import (importance_ratio, kl_divergence, masked_mean, ppo_clip_loss,
+                                 reinforce_loss)
+from score_jax.rl.settings import RLSettings
+from score_jax.trajectory import ATTEMPT1, ATTEMPT2
 
 Array = jax.Array
-
-ALGORITHMS = ('reinforce', 'ppo')
 
 
 @flax.struct.dataclass
@@ -40,16 +40,6 @@ class RLBatch:
   advantages: Array
   pg_mask: Array
   kl_weights: Array
-
-
-@flax.struct.dataclass
-class RLSettings:
-  """Static settings of the RL loss (hashable: part of the jitted step's identity)."""
-
-  algorithm: str = flax.struct.field(pytree_node=False, default='reinforce')
-  clip_epsilon: float = flax.struct.field(pytree_node=False, default=0.2)
-  kl_estimator: str = flax.struct.field(pytree_node=False, default='k3')
-  logprob_chunk: int = flax.struct.field(pytree_node=False, default=256)
 
 
 def rl_loss(params, model: Decoder, batch: RLBatch, settings: RLSettings):
@@ -75,9 +65,10 @@ def rl_loss(params, model: Decoder, batch: RLBatch, settings: RLSettings):
     pg_loss, clip_fraction = ppo_clip_loss(logp, batch.old_logp, batch.advantages,
                                            batch.pg_mask, settings.clip_epsilon, num_sampled)
   else:
-    raise ValueError(f'Unknown algorithm {settings.algorithm!r}; choose from {ALGORITHMS}.')
+    raise ValueError(f'Unknown algorithm {settings.algorithm!r}.')
   kl = kl_divergence(logp, batch.ref_logp, settings.kl_estimator)
-  kl_loss = masked_mean(kl * batch.kl_weights, sampled, num_sampled)
+  # Only tokens with a KL weight enter the sum (e.g. not attempt 2 in single-turn RL).
+  kl_loss = masked_mean(kl * batch.kl_weights, sampled & (batch.kl_weights != 0), num_sampled)
   loss = pg_loss + kl_loss
 
   # Diagnostics: k1 (the plain log-ratio) is what "KL per turn" reports, whatever the loss uses.
@@ -87,7 +78,8 @@ def rl_loss(params, model: Decoder, batch: RLBatch, settings: RLSettings):
       kl_attempt1=masked_mean(k1, in_attempt1), kl_attempt2=masked_mean(k1, in_attempt2),
       entropy_attempt1=masked_mean(entropy, in_attempt1),
       entropy_attempt2=masked_mean(entropy, in_attempt2),
-      ratio_deviation=masked_mean(jnp.abs(jnp.exp(logp - batch.old_logp) - 1.0), sampled))
+      ratio_deviation=masked_mean(jnp.abs(importance_ratio(logp, batch.old_logp) - 1.0),
+                                  sampled))
   return loss, metrics
 
 

@@ -25,11 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.rl.advantages import group_advantages
-from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2
+from score_jax.rl.settings import RLSettings
+from score_jax.trajectory import ATTEMPT1, ATTEMPT2
 
 Array = jax.Array
-
-STAGES = ('stage1', 'stage2', 'single_turn')
 
 
 @flax.struct.dataclass
@@ -44,24 +43,20 @@ def shaped_second_reward(r1: Array, r2: Array, alpha: float) -> Array:
   return r2 + alpha * (r2 - r1)
 
 
-def stage_token_weights(stage: str, r1: Array, r2: Array, segments: Array, *, alpha: float,
-                        beta1: float, beta2: float, num_samples: int, baseline: str = 'rloo',
-                        normalize_std: bool = False) -> TokenWeights:
+def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
+                        segments: Array) -> TokenWeights:
   """Turns per-row rewards [B] and segment ids [B, T] into per-token weights.
 
   Args:
-    stage: 'stage1', 'stage2' or 'single_turn'.
+    settings: the stage and its coefficients (``stage``, ``alpha``, ``beta1``, ``beta2``)
+      and the advantage estimator (``num_samples``, ``baseline``, ``normalize_std``).
     r1, r2: [B] rewards of attempt 1 and attempt 2 (r2 is ignored by 'single_turn').
     segments: [B, T] segment ids of the rollout.
-    alpha: the Stage II shaping coefficient.
-    beta1: the default KL weight; beta2: Stage I's KL weight on attempt 1.
-    num_samples: samples per prompt (rows are grouped by prompt, see ``group_advantages``).
-    baseline: 'rloo', 'mean' or 'none'.
-    normalize_std: divide advantages by their group's reward std.
   """
-  if stage not in STAGES:
-    raise ValueError(f'Unknown stage {stage!r}; choose from {STAGES}.')
-  advantage = lambda r: group_advantages(r, num_samples, baseline, normalize_std)[:, None]
+  stage, alpha = settings.stage, settings.alpha
+  beta1, beta2 = settings.beta1, settings.beta2
+  advantage = lambda r: group_advantages(r, settings.num_samples, settings.baseline,
+                                         settings.normalize_std)[:, None]
   in_attempt1 = segments == ATTEMPT1
   in_attempt2 = segments == ATTEMPT2
   zeros = jnp.zeros(segments.shape, jnp.float32)

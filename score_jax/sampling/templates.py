@@ -5,7 +5,8 @@ opening of the model's turn), what comes between attempt 1's stop token and atte
 user turn carrying the self-correction instruction, then the model's turn again), and which
 tokens stop an attempt. Special tokens are looked up by name in the tokenizer, never
 hard-coded as ids, and text between them is encoded normally, so the same template works
-with any checkpoint of the family.
+with any checkpoint of the family. (Reading the attempts' texts back out of a rollout is
+``score_jax.trajectory.attempt_texts``.)
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import dataclasses
 import re
 from typing import Sequence
 
-import numpy as np
-
-from score_jax.sampling.rollout import ATTEMPT1, ATTEMPT2, Rollout
 from score_jax.tokenizer import Tokenizer
 
 
@@ -192,23 +190,3 @@ def get_template(name: str) -> ChatTemplate:
   if name not in TEMPLATES:
     raise ValueError(f'Unknown chat template {name!r}; known templates: {sorted(TEMPLATES)}.')
   return TEMPLATES[name]
-
-
-def attempt_token_lists(rollout: Rollout, stop_tokens: Sequence[int]):
-  """Per row, the token ids of (attempt 1, attempt 2) without padding and stop tokens."""
-  tokens = np.asarray(rollout.tokens)
-  segments = np.asarray(rollout.segments)
-  stops = np.asarray(list(stop_tokens))
-  out = []
-  for row_tokens, row_segments in zip(tokens, segments):
-    out.append(tuple(
-        row_tokens[(row_segments == segment) & ~np.isin(row_tokens, stops)].tolist()
-        for segment in (ATTEMPT1, ATTEMPT2)))
-  return out
-
-
-def attempt_texts(rollout: Rollout, tokenizer: Tokenizer,
-                  stop_tokens: Sequence[int]) -> list[tuple[str, str]]:
-  """Per row, the decoded text of (attempt 1, attempt 2); '' for an absent attempt 2."""
-  return [(tokenizer.decode(first), tokenizer.decode(second))
-          for first, second in attempt_token_lists(rollout, stop_tokens)]

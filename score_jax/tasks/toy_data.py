@@ -125,8 +125,3 @@ def load_or_train_tokenizer(task, data_dir: str) -> SentencePieceTokenizer:
                                            vocab_size=task.vocab_size, split_digits=True)
   tokenizer.save(path)
   return tokenizer
-
-
-def split_lengths(task, data_dir: str) -> dict[str, int]:
-  return {split: len(source) for split, source in prepare(task, data_dir).items()}
-

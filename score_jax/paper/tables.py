@@ -15,10 +15,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from score_jax import reporting
-
-METRICS = ('acc_t1', 'acc_t2', 'delta', 'delta_i2c', 'delta_c2i')
-METRIC_NAMES = dict(acc_t1='Acc@t1', acc_t2='Acc@t2', delta='Δ(t1,t2)', delta_i2c='Δi→c',
-                    delta_c2i='Δc→i')
+from score_jax.metrics import OUTCOME_KEYS as METRICS
+from score_jax.metrics import OUTCOME_NAMES as METRIC_NAMES
+from score_jax.training.phases import Phase
 
 # Percent, in METRICS order; None where the paper reports no value.
 PAPER_MAIN = {
@@ -64,31 +63,27 @@ METHODS = (
 METHODS_BY_NAME = {m.name: m for m in METHODS}
 
 
-def method_schedule(name: str, rl_phases: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+def method_schedule(name: str, rl_phases: Sequence[Phase]) -> list[Phase]:
   """A method's phases after the warm start, on the same budget as SCoRe's ``rl_phases``:
   the same number of steps, each one batch of rollouts and one update."""
-  total = sum(steps for _, steps in rl_phases)
+  total = sum(phase.steps for phase in rl_phases)
   if name == 'score' or name == 'no_shaping':
     return list(rl_phases)
   if name == 'star':  # Three rounds, as in the paper.
     if total < 3:
       raise ValueError(f'STaR needs at least 3 RL steps of budget for 3 rounds; got {total}.')
-    return [('star', total // 3 + (i < total % 3)) for i in range(3)]
+    return [Phase('star', total // 3 + (i < total % 3)) for i in range(3)]
   if name == 'pair_sft':
-    return [('pair_sft', total)]
+    return [Phase('pair_sft', total)]
   if name == 'single_turn':
-    return [('single_turn', total)]
+    return [Phase('single_turn', total)]
   if name == 'no_stage1':
-    return [('stage2', total)]
+    return [Phase('stage2', total)]
   if name == 'star_stage2':
-    if not any(kind == 'stage2' for kind, _ in rl_phases):
+    if not any(phase.kind == 'stage2' for phase in rl_phases):
       raise ValueError("the 'star_stage2' ablation replaces Stage II, and the schedule has none.")
-    return [('star' if kind == 'stage2' else kind, steps) for kind, steps in rl_phases]
+    return [Phase('star', p.steps) if p.kind == 'stage2' else p for p in rl_phases]
   raise ValueError(f'{name!r} is not a trained method; methods are {list(METHODS_BY_NAME)}.')
-
-
-def format_schedule(phases: Sequence[tuple[str, int]]) -> str:
-  return ','.join(f'{kind}:{steps}' for kind, steps in phases)
 
 
 def aggregate(results: Sequence[Mapping[str, float]]) -> dict[str, dict]:

@@ -17,9 +17,9 @@ import numpy as np
 
 from score_jax import config_lib, sharding, tasks
 from score_jax.model import Decoder, ModelConfig, abstract_params, init_params
-from score_jax.sampling import RolloutSpec, pack_prompts
 from score_jax.sampling.templates import ChatTemplate, JinjaChatTemplate, get_template
 from score_jax.tokenizer import Tokenizer
+from score_jax.trajectory import RolloutSpec, pack_prompts
 
 
 @dataclasses.dataclass

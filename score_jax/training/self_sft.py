@@ -2,7 +2,8 @@
 
 Kumar et al. (2024) compare SCoRe with two ways of fine-tuning on self-generated correction
 traces (their Section 4 and Table 2), both of which this module builds from scored samples
-of the current model; the SFT itself is the trainer's ``sft`` phase on the returned traces.
+of the current model; the SFT itself is the trainer's teacher-forced step on the returned
+traces (phases ``star`` and ``pair_sft``, ``score_jax.training.phases``).
 
 * **STaR** (Zelikman et al., 2022, adapted to self-correction): sample both attempts, keep
   the *successful revisions* — attempt 1 wrong and attempt 2 right (the paper's D+) — and,
@@ -18,9 +19,14 @@ Both return ``score_jax.tasks.Trace`` records, the type the trainer's SFT phase 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import random
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from etils import epath
+
+from score_jax import paths
 from score_jax.tasks.base import Trace
 
 
@@ -86,3 +92,34 @@ def pair_sft_traces(pairs: Sequence[ScoredPair], seed: int = 0) -> list[Trace]:
     for wrong in incorrect.get(key, []):
       traces.append(Trace(example, wrong, rng.choice(correct[key])))
   return traces
+
+
+def build_traces(kind: str, pairs: Sequence[ScoredPair], keep_correct_to_correct: bool,
+                 seed: int) -> list[Trace]:
+  """The training set of a ``star`` or ``pair_sft`` phase."""
+  if kind == 'star':
+    return star_traces(pairs, keep_correct_to_correct)
+  if kind == 'pair_sft':
+    return pair_sft_traces(pairs, seed=seed)
+  raise ValueError(f'{kind!r} is not a self-SFT phase (star, pair_sft).')
+
+
+def self_sft_updates(num_steps: int, num_traces: int, batch_size: int, epochs: float) -> int:
+  """SFT steps of a star or pair_sft phase: ``epochs`` passes over its traces (all
+  ``num_steps`` when ``epochs`` is 0), never more than ``num_steps``."""
+  if epochs <= 0:
+    return num_steps if num_traces else 0
+  return min(num_steps, math.ceil(epochs * num_traces / batch_size))
+
+
+def write_traces(path: str, traces: Sequence[Trace]) -> None:
+  """Writes traces as JSON lines (example id and both attempts), whole or not at all."""
+  paths.write_text(path, ''.join(
+      json.dumps(dict(id=str(t.example.id), attempt1=t.attempt1, attempt2=t.attempt2)) + '\n'
+      for t in traces))
+
+
+def read_traces(path: str, examples_by_id: Mapping[str, Any]) -> list[Trace]:
+  """The traces ``write_traces`` wrote, with their examples looked up by id."""
+  records = [json.loads(line) for line in epath.Path(path).read_text().splitlines()]
+  return [Trace(examples_by_id[r['id']], r['attempt1'], r['attempt2']) for r in records]

@@ -1,0 +1,61 @@
+"""Every static setting of an RL update, in one hashable record.
+
+The stage rule (which tokens get which advantage and KL weight), the loss (REINFORCE or
+PPO, the KL estimator) and the update loop (PPO epochs and minibatches) all read this one
+record, so a setting has a single name from the config (``config.rl``, built by
+``score_jax.training.steps.rl_settings``) to the innermost function. It is a static argument
+of the jitted update: changing a field compiles a new step, and no field is ever a traced
+value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from score_jax.rl.advantages import BASELINES
+from score_jax.rl.losses import KL_ESTIMATORS
+
+STAGES = ('stage1', 'stage2', 'single_turn')
+ALGORITHMS = ('reinforce', 'ppo')
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSettings:
+  """How one RL phase turns a batch of rollouts into an update.
+
+  Attributes:
+    stage: 'stage1' or 'stage2' (SCoRe's stages) or 'single_turn' (the baseline).
+    alpha: Stage II's shaping coefficient α.
+    beta1: the default KL weight β1; beta2: Stage I's KL weight on attempt 1.
+    num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
+    baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
+    algorithm: 'reinforce' (on-policy) or 'ppo' (clipped, ``ppo_epochs`` passes over the
+      batch in ``minibatches`` parts).
+    clip_epsilon: PPO's ε.
+    kl_estimator: 'k1', 'k2' or 'k3' (``kl_divergence``).
+    logprob_chunk: sequence chunk of the log-prob computation (memory, not maths).
+  """
+
+  stage: str
+  alpha: float = 10.0
+  beta1: float = 0.01
+  beta2: float = 0.1
+  num_samples: int = 4
+  baseline: str = 'rloo'
+  normalize_std: bool = False
+  algorithm: str = 'reinforce'
+  clip_epsilon: float = 0.2
+  kl_estimator: str = 'k3'
+  ppo_epochs: int = 1
+  minibatches: int = 1
+  logprob_chunk: int = 256
+
+  def __post_init__(self):
+    for name, choices in (('stage', STAGES), ('algorithm', ALGORITHMS),
+                          ('kl_estimator', KL_ESTIMATORS), ('baseline', BASELINES)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f'Unknown {name.replace("_", " ")} {getattr(self, name)!r}; choose '
+                         f'from {choices}.')
+    for name in ('num_samples', 'ppo_epochs', 'minibatches', 'logprob_chunk'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')

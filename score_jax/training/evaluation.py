@@ -1,0 +1,75 @@
+"""Self-correction evaluation: two attempts per held-out problem, scored, in one table row.
+
+Kumar et al. (2024) evaluate with greedy decoding and report, as fractions of all problems:
+Acc@t1, Acc@t2, Δ(t1, t2), Δ^{i→c} and Δ^{c→i}. The same class serves held-out evaluation
+during training and the ``score_jax.evaluate`` command.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from score_jax import metrics as sc_metrics
+from score_jax.sampling import SamplingParams
+from score_jax.training.scoring import RolloutScorer
+
+
+class Evaluator:
+  """Runs greedy (or sampled) two-turn rollouts on examples and computes the table row.
+
+  The rollout compiles once per batch size; the last partial batch is padded with copies of
+  its first example (the copies are neither scored nor counted), so every call reuses that
+  compilation. In a multi-process run every process scores only its own rows of each batch;
+  the per-problem outcomes are gathered, so every process returns the same metrics.
+  """
+
+  def __init__(self, experiment, batch_size: int):
+    self.experiment = experiment
+    self.batch_size = batch_size
+    self.scorer = RolloutScorer(experiment, experiment.model('sample'), experiment.spec)
+
+  def run(self, params, examples: Sequence[Any], sampling: SamplingParams | None = None,
+          seed: int = 0, samples: list | None = None,
+          after_batch: Callable[[int, int, float], None] | None = None) -> dict:
+    """Returns the metrics dict (acc_t1, acc_t2, delta, delta_i2c, delta_c2i, …).
+
+    Args:
+      params: the model's parameters.
+      examples: the problems.
+      sampling: decoding settings (default: greedy).
+      seed: the sampling seed (ignored when greedy).
+      samples: when a list, one dict per problem (id, both attempts, both rewards) is
+        appended to it.
+      after_batch: called after every batch with (problems done, problems, seconds): to
+        report progress, or to stop (by raising) when the run is asked to.
+    """
+    sampling = sampling or SamplingParams.greedy()
+    size = self.batch_size
+    per_row, texts = [], []
+    start = time.perf_counter()
+    for begin in range(0, len(examples), size):
+      chunk = list(examples[begin:begin + size])
+      real = len(chunk)
+      chunk += [chunk[0]] * (size - real)
+      batch = self.scorer.sample(params, chunk, jax.random.key(seed + begin), sampling,
+                                 num_scored=real)
+      per_row.append({k: v[:real] for k, v in self.scorer.row_statistics(batch).items()})
+      if samples is not None:  # Every problem's texts (decoding is cheap; scoring is not).
+        texts += self.scorer.all_texts(batch)[:real]
+      if after_batch is not None:
+        after_batch(begin + real, len(examples), time.perf_counter() - start)
+    values = {k: np.concatenate([v[k] for v in per_row]) for k in per_row[0]}
+    r1, r2 = values['r1'], values['r2']
+    if samples is not None:
+      samples.extend(dict(id=str(e.id), attempt1=a, attempt2=b, reward1=float(x), reward2=float(y))
+                     for e, (a, b), x, y in zip(examples, texts, r1, r2))
+    result = sc_metrics.self_correction_metrics(r1, r2)
+    result['edit_ratio'] = float(np.mean(values['edit_ratio']))
+    result['different_answer_rate'] = float(values['differ'].mean())
+    result['num_problems'] = len(examples)
+    result['eval_s'] = time.perf_counter() - start
+    return result
