@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sft.batch_size = 64
   # How the warm-start traces behave (score_jax.tasks.toy_arith.TraceRates).
   config.sft.trace_options = ml_collections.ConfigDict(dict(
-      first_correct=0.8, keep_correct=0.85, fix_wrong=0.25, copy_wrong=0.6, carry_habit=0.7))
+      first_correct=0.8, keep_correct=0.85, fix_wrong=0.25, copy_wrong=0.6, carry_habit=0.7,
+      second_guess=0.0))
   config.sft.optimizer.learning_rate = 3e-3
   config.sft.optimizer.warmup_steps = 30
   config.sft.optimizer.decay = 'cosine'
@@ -56,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rl.alpha = 10.0
   config.rl.beta1 = 0.01
   config.rl.beta2 = 0.1
+  config.rl.attempt_grad_norms = True  # Cheap at this size; the Stage II diagnostics.
 
   config.eval.every_steps = 50
   config.eval.num_problems = 500

@@ -196,10 +196,12 @@ def base_train_config() -> ml_collections.ConfigDict:
   # trace_options: passed to the task's make_traces (for the toy task, TraceRates fields).
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
                                          trace_options=ml_collections.ConfigDict()))
+  # attempt_grad_norms: also log the gradient norm of each attempt's term (a second backward
+  # pass; the diagnostics of docs/stage2.md).
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator='k3', baseline='rloo',
-      normalize_std=False, optimizer=optimizer_config(5e-6)))
+      normalize_std=False, optimizer=optimizer_config(5e-6), attempt_grad_norms=False))
   # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
   # (score_jax.training.self_sft) and then takes SFT steps of batch_size traces: `epochs` passes over

@@ -59,9 +59,15 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
       ('held-out accuracy', ('eval/acc_t1', 'eval/acc_t2', 'eval/delta')),
       ('KL to the reference', ('train/kl_attempt1', 'train/kl_attempt2')),
       ('loss', ('train/loss',)),
+      ('training outcome pairs', ('train/delta_i2c', 'train/delta_c2i', 'train/pairs_c2c',
+                                  'train/pairs_i2i')),
+      ('attempt 2 identical to attempt 1', ('train/identical_rate', 'eval/identical_rate')),
+      ('mean |advantage|', ('train/advantage_abs_attempt1', 'train/advantage_abs_attempt2')),
+      ('gradient norm per attempt', ('train/grad_norm_attempt1', 'train/grad_norm_attempt2')),
   ]
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-  for ax, (title, keys) in zip(axes, panels):
+  columns = 4
+  fig, axes = plt.subplots(len(panels) // columns, columns, figsize=(5 * columns, 3.4 * 2))
+  for ax, (title, keys) in zip(axes.flat, panels):
     for key in keys:
       points = [(r['step'], r[key]) for r in records if r.get(key) is not None]
       if points:

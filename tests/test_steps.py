@@ -90,6 +90,31 @@ def test_rl_settings_come_from_the_config_once():
   settings = rl_settings(config, 'stage1')
   assert settings == RLSettings(stage='stage1', alpha=3.0, beta1=config.rl.beta1,
                                 beta2=config.rl.beta2, num_samples=config.rl.num_samples,
-                                algorithm='ppo', minibatches=2, logprob_chunk=64)
+                                algorithm='ppo', minibatches=2, logprob_chunk=64,
+                                attempt_grad_norms=config.rl.attempt_grad_norms)
   with pytest.raises(ValueError, match="Unknown stage 'stage3'"):
     rl_settings(config, 'stage3')
+
+
+@pytest.mark.parametrize('stage', ['stage2', 'single_turn'])
+def test_per_attempt_gradients_add_up_to_the_update(setup, stage):
+  """With ``attempt_grad_norms`` the update is the same (the gradient is the sum of the two
+  attempts' terms); single-turn RL puts no term at all on attempt 2."""
+  model, params, batch, (r1, r2), keys = setup
+  tx = optax.sgd(1.0)
+  states = {}
+  for measured in (False, True):
+    settings = RLSettings(stage, num_samples=2, attempt_grad_norms=measured)
+    state = make_create_state(model, tx)(jax.tree.map(jnp.copy, params))
+    states[measured], metrics = make_rl_step(model, tx, settings)(
+        state, params, batch, r1, r2, keys[0])
+  for a, b in zip(jax.tree.leaves(states[False].params), jax.tree.leaves(states[True].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  g1, g2 = float(metrics['grad_norm_attempt1']), float(metrics['grad_norm_attempt2'])
+  assert g1 > 0
+  assert (g2 == 0) if stage == 'single_turn' else (g2 > 0)
+  assert float(metrics['grad_norm']) <= g1 + g2 + 1e-6
+  if stage == 'single_turn':
+    assert float(metrics['advantage_abs_attempt2']) == 0
+  else:
+    assert float(metrics['advantage_abs_attempt2']) > 0

@@ -90,6 +90,19 @@ def test_smoke_config_runs_end_to_end_through_main(smoke_run):
     for key, value in record.items():
       if key not in ('step', 'phase', 'data'):
         assert value is not None and math.isfinite(value), (record['step'], key)
+  # The Stage II diagnostics (docs/stage2.md) on every two-turn RL step: the four outcome
+  # pairs partition the rollouts, and each attempt's term has its own gradient norm (all zero
+  # here: the smoke model's rewards are; tests/test_steps.py checks their values).
+  two_turn = [r for r in records if r.get('phase') in ('stage1', 'stage2')]
+  for record in two_turn:
+    pairs = (record['train/delta_i2c'] + record['train/delta_c2i'] + record['train/pairs_c2c']
+             + record['train/pairs_i2i'])
+    assert pairs == pytest.approx(1.0), record['step']
+    assert 0 <= record['train/identical_rate'] <= 1
+    assert record['train/grad_norm_attempt1'] >= 0 and record['train/grad_norm_attempt2'] >= 0
+    assert record['train/advantage_abs_attempt2'] >= 0
+    if record['phase'] == 'stage1':  # Stage I's attempt 1 has only its KL term.
+      assert record['train/advantage_abs_attempt1'] == 0
   # No step after the first of its phase compiled anything.
   for phase in ('sft', 'stage1', 'stage2'):
     counts = [r['train/compilations'] for r in records if r.get('phase') == phase and
@@ -286,3 +299,23 @@ def test_the_eta_sums_each_remaining_phase_at_its_own_rate(monkeypatch):
   # Stage I: 3 steps left here and 5 in the last phase at 0.5/s; Stage II not timed yet.
   assert log.eta(progress) == '0m16s + stage2:5 untimed'
   assert 'ETA 0m16s + stage2:5 untimed' in lines[-1] and '0.50 steps/s' in lines[-1]
+
+
+def test_the_collapse_watch_warns_once_when_attempt_2_turns_into_a_copy():
+  from score_jax.training.phases import Phase  # pylint: disable=g-import-not-at-top
+  from score_jax.training.progress import CollapseWatch  # pylint: disable=g-import-not-at-top
+  watch = CollapseWatch(Phase('stage2', 100), first_step=0, window=5, rise=0.1, fall=0.05)
+  step = lambda delta, identical: watch.check({'train/delta': delta,
+                                               'train/identical_rate': identical})
+  # Healthy for 10 steps: Δ 0.2 with 40% copies; then copies climb while Δ falls.
+  assert all(step(0.2, 0.4) is None for _ in range(10))
+  warnings = [step(0.2 - 0.02 * i, 0.4 + 0.05 * i) for i in range(1, 11)]
+  fired = [w for w in warnings if w]
+  assert len(fired) == 1 and fired[0].startswith('warning: attempt 2 is turning into a copy')
+  assert 'stage2 steps' in fired[0] and '40% ->' in fired[0]
+  # Copies rising while Δ rises too (attempt 1 improving) is not a collapse.
+  healthy = CollapseWatch(Phase('stage2', 100), first_step=0, window=5)
+  assert not any(healthy.check({'train/delta': 0.1 + 0.01 * i,
+                                'train/identical_rate': 0.3 + 0.03 * i}) for i in range(30))
+  # Phases without two attempts report no identical rate: nothing to watch.
+  assert CollapseWatch(Phase('single_turn', 10), 0).check({'train/reward_t1': 0.5}) is None

@@ -51,8 +51,19 @@ def rl_loss(params, model: Decoder, batch: RLBatch, settings: RLSettings):
   Returns:
     ``(loss, metrics)`` with scalar fp32 metrics.
   """
-  logp, entropy = token_logprobs(model, params, batch.tokens, batch.positions, batch.valid,
-                                 chunk_size=settings.logprob_chunk, with_entropy=True)
+  logp, entropy = policy_logprobs(params, model, batch, settings)
+  return rl_token_loss(logp, entropy, batch, settings)
+
+
+def policy_logprobs(params, model: Decoder, batch: RLBatch, settings: RLSettings):
+  """(logp, entropy) [B, T] of the batch's tokens under ``params``."""
+  return token_logprobs(model, params, batch.tokens, batch.positions, batch.valid,
+                        chunk_size=settings.logprob_chunk, with_entropy=True)
+
+
+def rl_token_loss(logp: Array, entropy: Array, batch: RLBatch, settings: RLSettings):
+  """``rl_loss`` as a function of the per-token log-probs (the loss touches the parameters
+  only through them, so its gradient is one backward pass from d loss / d logp)."""
   in_attempt1 = batch.segments == ATTEMPT1
   in_attempt2 = batch.segments == ATTEMPT2
   sampled = in_attempt1 | in_attempt2

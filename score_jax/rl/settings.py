@@ -34,6 +34,8 @@ class RLSettings:
     clip_epsilon: PPO's ε.
     kl_estimator: 'k1', 'k2' or 'k3' (``kl_divergence``).
     logprob_chunk: sequence chunk of the log-prob computation (memory, not maths).
+    attempt_grad_norms: also measure the gradient norm of each attempt's term (its policy
+      gradient and KL), at the cost of a second backward pass.
   """
 
   stage: str
@@ -49,6 +51,7 @@ class RLSettings:
   ppo_epochs: int = 1
   minibatches: int = 1
   logprob_chunk: int = 256
+  attempt_grad_norms: bool = False
 
   def __post_init__(self):
     for name, choices in (('stage', STAGES), ('algorithm', ALGORITHMS),

@@ -69,6 +69,7 @@ class Evaluator:
                      for e, (a, b), x, y in zip(examples, texts, r1, r2))
     result = sc_metrics.self_correction_metrics(r1, r2)
     result['edit_ratio'] = float(np.mean(values['edit_ratio']))
+    result['identical_rate'] = float(values['identical'].mean())
     result['different_answer_rate'] = float(values['differ'].mean())
     result['num_problems'] = len(examples)
     result['eval_s'] = time.perf_counter() - start

@@ -2,11 +2,13 @@
 
 ``RunProgress`` is saved with every checkpoint (its ``meta`` item) and restored first on
 resume. ``ProgressLog`` prints one line every ``log_every_steps`` steps: the phase and step,
-the rate, an ETA and the mean of the main metrics since the last line.
+the rate, an ETA and the mean of the main metrics since the last line; and, through
+``CollapseWatch``, one warning line when attempt 2 starts turning into a copy of attempt 1.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Callable, Sequence
@@ -73,6 +75,7 @@ class ProgressLog:
     self._window: list[dict] = []
     self._phase_start = self._run_start
     self._steps_at_start = 0
+    self._collapse = CollapseWatch(self.phases[0], 0)
 
   def start_run(self) -> None:
     """Starts the run's clock (the 'elapsed' of every line)."""
@@ -82,9 +85,14 @@ class ProgressLog:
     self._phase_start = time.perf_counter()
     self._steps_at_start = progress.phase_step
     self._window = []
+    self._collapse = CollapseWatch(self.phases[progress.phase_index], progress.phase_step)
 
   def record(self, metrics: dict) -> None:
+    """Adds a step's metrics to the next line's means (and warns of a collapse at once)."""
     self._window.append(metrics)
+    warning = self._collapse.check(metrics)
+    if warning:
+      self._log(warning)
 
   def elapsed(self) -> float:
     return time.perf_counter() - self._run_start
@@ -122,3 +130,46 @@ class ProgressLog:
     parts.append(f'elapsed {duration(self.elapsed())}')
     self._log(' | '.join(parts))
     self._window = []
+
+
+class CollapseWatch:
+  """Detects behaviour collapse on the training rollouts while a two-turn RL phase runs.
+
+  Kumar et al. (2024, Section 4) name the failure that SCoRe is built against: attempt 2
+  learns to copy attempt 1, and Δ(t1, t2) goes to zero. Its signature in the training
+  metrics is the rate of second attempts identical to the first climbing while the training
+  Δ falls. The watch averages both over windows of ``window`` steps and compares the latest
+  window with the phase's best one so far (highest Δ); when the identical rate has risen by
+  ``rise`` and Δ fallen by ``fall`` since, it returns one warning line, once per phase.
+  """
+
+  def __init__(self, phase: Phase, first_step: int, window: int = 10, rise: float = 0.10,
+               fall: float = 0.05):
+    self.phase = phase
+    self.window, self.rise, self.fall = window, rise, fall
+    self._recent: collections.deque = collections.deque(maxlen=window)
+    self._step = first_step
+    self._best: tuple[float, float, int] | None = None  # (Δ, identical rate, its last step)
+    self._warned = False
+
+  def check(self, metrics: dict) -> str | None:
+    """Takes one step's metrics; returns the warning line when the collapse shows."""
+    self._step += 1
+    if self._warned or 'train/identical_rate' not in metrics or 'train/delta' not in metrics:
+      return None
+    self._recent.append((metrics['train/delta'], metrics['train/identical_rate']))
+    if len(self._recent) < self.window:
+      return None
+    delta, identical = np.mean(self._recent, axis=0)
+    if self._best is None or delta > self._best[0]:
+      self._best = (float(delta), float(identical), self._step)
+      return None
+    best_delta, best_identical, best_step = self._best
+    if identical - best_identical < self.rise or best_delta - delta < self.fall:
+      return None
+    self._warned = True
+    first = self._step - self.window + 1
+    return (f'warning: attempt 2 is turning into a copy of attempt 1 ({self.phase.kind} '
+            f'steps {first}-{self._step} against {best_step - self.window + 1}-{best_step}): '
+            f'identical second attempts {best_identical:.0%} -> {identical:.0%}, training Δ '
+            f'{best_delta:+.3f} -> {delta:+.3f} (behaviour collapse, Kumar et al. 2024).')

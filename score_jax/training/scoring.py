@@ -123,7 +123,8 @@ class RolloutScorer:
   def row_statistics(self, batch: ScoredBatch) -> dict[str, np.ndarray]:
     """Per-row values of every process's rows, in batch order: both rewards, the tokens in
     the row, a checksum of its tokens and, with two turns, the edit-distance ratio between
-    the attempts and whether their final answers differ."""
+    the attempts, whether attempt 2 is attempt 1 verbatim, and whether their final answers
+    differ."""
     tokens = np.asarray(batch.local_rollout.tokens)
     per_row = dict(r1=batch.r1, r2=batch.r2,
                    length=np.asarray(batch.local_rollout.valid).sum(axis=1),
@@ -131,6 +132,8 @@ class RolloutScorer:
     if self.spec.two_turns:
       extract = self.experiment.task.extract_answer
       per_row['edit_ratio'] = sc_metrics.edit_distance_ratios(batch.attempts1, batch.attempts2)
+      per_row['identical'] = np.array([a == b for a, b in zip(batch.attempts1, batch.attempts2)],
+                                      bool)
       per_row['differ'] = sc_metrics.answers_differ([extract(a) for a in batch.attempts1],
                                                     [extract(b) for b in batch.attempts2])
     return self.rows.gather(per_row, batch.batch_size)
@@ -144,15 +147,21 @@ class RolloutScorer:
 
 
 def batch_metrics(per_row: dict[str, np.ndarray], prefix: str) -> tuple[dict[str, float], int]:
-  """A sampled batch's logged metrics from its ``row_statistics``: mean rewards, the
-  self-correction metrics and edit statistics (two turns), tokens per row; and one checksum
-  of every sampled token, so that runs can be compared sample for sample."""
+  """A sampled batch's logged metrics from its ``row_statistics``: mean rewards; with two
+  turns the self-correction metrics, the fractions of the four outcome pairs (``delta_i2c``
+  and ``delta_c2i`` are two of them; ``pairs_c2c``, ``pairs_i2i`` the others) and the edit
+  statistics; tokens per row; and one checksum of every sampled token, so that runs can be
+  compared sample for sample."""
   out = {f'{prefix}/reward_t1': float(per_row['r1'].mean()),
          f'{prefix}/reward_t2': float(per_row['r2'].mean())}
   if 'edit_ratio' in per_row:
     out.update({f'{prefix}/{k}': v for k, v in sc_metrics.self_correction_metrics(
         per_row['r1'], per_row['r2']).items()})
+    right1, right2 = per_row['r1'] >= 0.5, per_row['r2'] >= 0.5
+    out[f'{prefix}/pairs_c2c'] = float(np.mean(right1 & right2))
+    out[f'{prefix}/pairs_i2i'] = float(np.mean(~right1 & ~right2))
     out[f'{prefix}/edit_ratio'] = float(per_row['edit_ratio'].mean())
+    out[f'{prefix}/identical_rate'] = float(per_row['identical'].mean())
     out[f'{prefix}/different_answer_rate'] = float(per_row['differ'].mean())
   out[f'{prefix}/tokens_per_row'] = float(per_row['length'].mean())
   return out, zlib.crc32(per_row['checksum'].astype(np.uint32).tobytes())

@@ -20,7 +20,8 @@ import ml_collections
 import optax
 
 from score_jax.model import Decoder, abstract_params, token_logprobs
-from score_jax.rl import RLBatch, RLSettings, masked_mean, rl_loss, sft_loss, stage_token_weights
+from score_jax.rl import (RLBatch, RLSettings, masked_mean, policy_logprobs, rl_loss,
+                          rl_token_loss, sft_loss, stage_token_weights)
 from score_jax.sharding import map_row_chunks
 from score_jax.trajectory import ATTEMPT1, ATTEMPT2, Rollout
 
@@ -80,7 +81,8 @@ def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
       stage=stage, alpha=rl.alpha, beta1=rl.beta1, beta2=rl.beta2, num_samples=rl.num_samples,
       baseline=rl.baseline, normalize_std=rl.normalize_std, algorithm=rl.algorithm,
       clip_epsilon=rl.clip_epsilon, kl_estimator=rl.kl_estimator, ppo_epochs=rl.ppo_epochs,
-      minibatches=rl.minibatches, logprob_chunk=config.logprob_chunk)
+      minibatches=rl.minibatches, logprob_chunk=config.logprob_chunk,
+      attempt_grad_norms=rl.attempt_grad_norms)
 
 
 # ---- the train state's layout ------------------------------------------------------------------
@@ -177,11 +179,10 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
                   kl_weights=weights.kl_weights)
   batch_size = batch.tokens.shape[0]
   minibatch = batch_size // settings.minibatches
-  grad_fn = jax.value_and_grad(rl_loss, has_aux=True)
 
   def one_minibatch(state, rows):
     part = jax.tree.map(lambda x: x[rows], batch)
-    (_, metrics), grads = grad_fn(state.params, model, part, settings)
+    grads, metrics = _rl_gradients(model, settings, state.params, part)
     metrics['grad_norm'] = optax.global_norm(grads)
     return _apply_gradients(state, grads, tx), metrics
 
@@ -194,7 +195,32 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
   state, metrics = jax.lax.scan(one_epoch, state, jnp.arange(settings.ppo_epochs))
   metrics = jax.tree.map(jnp.mean, metrics)
   metrics['advantage_abs'] = masked_mean(jnp.abs(weights.advantages), weights.pg_mask)
+  for name, segment in (('attempt1', ATTEMPT1), ('attempt2', ATTEMPT2)):
+    metrics[f'advantage_abs_{name}'] = masked_mean(
+        jnp.abs(weights.advantages), weights.pg_mask & (rollout.segments == segment))
   return state, metrics
+
+
+def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch):
+  """(gradient of ``rl_loss``, its metrics); with ``settings.attempt_grad_norms`` the gradient
+  is the sum of each attempt's term (policy gradient and KL on its tokens), and the norm of
+  each is a metric."""
+  if not settings.attempt_grad_norms:
+    (_, metrics), grads = jax.value_and_grad(rl_loss, has_aux=True)(params, model, batch,
+                                                                     settings)
+    return grads, metrics
+  # One forward pass; one backward pass per attempt, from d loss / d logp on its tokens.
+  (logp, entropy), backward = jax.vjp(lambda p: policy_logprobs(p, model, batch, settings),
+                                      params)
+  (_, metrics), dloss_dlogp = jax.value_and_grad(rl_token_loss, has_aux=True)(
+      logp, entropy, batch, settings)
+  in_attempt1 = batch.segments == ATTEMPT1
+  no_entropy = jnp.zeros_like(entropy)
+  grads1, = backward((jnp.where(in_attempt1, dloss_dlogp, 0.0), no_entropy))
+  grads2, = backward((jnp.where(in_attempt1, 0.0, dloss_dlogp), no_entropy))
+  metrics['grad_norm_attempt1'] = optax.global_norm(grads1)
+  metrics['grad_norm_attempt2'] = optax.global_norm(grads2)
+  return jax.tree.map(jnp.add, grads1, grads2), metrics
 
 
 def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int = 256,
