@@ -177,3 +177,26 @@ def test_registry_and_options():
     task.instruction_text('nope')
   with pytest.raises(ValueError, match="no split 'validation'"):
     task.load_split('validation', '/tmp')
+
+
+def test_second_guess_makes_attempt_two_undo_a_right_borrow():
+  settings = toy_arith.ArithSettings(digits=1, num_operands=3)
+  rates = toy_arith.TraceRates(carry_habit=0.7, second_guess=0.9, keep_correct=0.85)
+  traces = toy_arith.make_traces(settings, 3000, seed=0, rates=rates)
+  right_first = [t for t in traces if t.attempt1 == t.example.solution]
+  doubted = [t for t in right_first if toy_arith.forgotten_carry(
+      *toy_arith.parse_problem(t.example.problem), operators='-') is not None]
+  undone = [t for t in doubted if t.attempt2 == toy_arith.format_solution(
+      toy_arith.forgotten_carry(*toy_arith.parse_problem(t.example.problem), operators='-'))]
+  assert len(doubted) > 100
+  assert len(undone) / len(doubted) == pytest.approx(0.9, abs=0.04)
+  # Every undone borrow breaks the right answer: a c→i revision the base model learns.
+  assert all(toy_arith.extract_answer(t.attempt2) != t.example.answer for t in undone)
+  # Right attempts with no borrow keep their answer at keep_correct.
+  others = [t for t in right_first if t not in doubted]
+  assert np.mean([t.attempt2 == t.attempt1 for t in others]) == pytest.approx(0.85, abs=0.04)
+  # second_guess=0 draws the same traces as before the option existed.
+  plain = toy_arith.make_traces(settings, 200, seed=0, rates=toy_arith.TraceRates(carry_habit=0.7))
+  again = toy_arith.make_traces(settings, 200, seed=0, rates=toy_arith.TraceRates(
+      carry_habit=0.7, second_guess=0.0))
+  assert plain == again

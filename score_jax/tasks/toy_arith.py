@@ -201,13 +201,13 @@ def slipped_steps(operands, ops, rng: random.Random, settings: ArithSettings,
 _NO_CARRY = {'+': lambda x, y: (x + y) % 10, '-': lambda x, y: abs(x - y)}
 
 
-def forgotten_carry(operands, ops) -> list[Step] | None:
+def forgotten_carry(operands, ops, operators: str = '+-') -> list[Step] | None:
   """The worked line with the first carry (``7+8=5``) or borrow (``12-3=11``) forgotten and
   carried to the answer; None when no step needs one, or when forgetting it leaves the
-  answer right or a step negative."""
+  answer right or a step negative. ``operators='-'`` looks at borrows only."""
   right = solve(operands, ops)
   for k, step in enumerate(right):
-    if step.op not in _NO_CARRY or step.left < 0 or step.right < 0:
+    if step.op not in operators or step.left < 0 or step.right < 0:
       continue
     forgot = _digitwise(step.left, step.right, _NO_CARRY[step.op])
     if forgot != step.result:
@@ -258,15 +258,23 @@ class TraceRates:
   before the rates above apply. Above one half it is the most likely attempt 1 on those problems, so
   a greedy base model fails exactly them — a flaw visible in the written line, which attempt 2
   can learn to catch.
+
+  ``second_guess`` gives attempt 2 the matching misconception: after a right attempt 1 whose
+  line has a subtraction with a borrow (``12-3=9``), attempt 2 "corrects" the borrow away
+  (``12-3=11``) with this probability, before ``keep_correct`` applies. Above one half, a
+  greedy base model asked to revise breaks exactly those right answers, as the paper's base
+  models do (Kumar et al., 2024: Δc→i 15.8 points on MATH).
   """
   first_correct: float = 0.6
   keep_correct: float = 0.8
   fix_wrong: float = 0.25
   copy_wrong: float = 0.6
   carry_habit: float = 0.0
+  second_guess: float = 0.0
 
   def __post_init__(self):
-    for name in ('first_correct', 'keep_correct', 'fix_wrong', 'copy_wrong', 'carry_habit'):
+    for name in ('first_correct', 'keep_correct', 'fix_wrong', 'copy_wrong', 'carry_habit',
+                 'second_guess'):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f'{name} must be a probability; got {getattr(self, name)}.')
     if self.fix_wrong + self.copy_wrong > 1:
@@ -290,8 +298,13 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
     if habit is not None and rng.random() < rates.carry_habit:
       wrong = habit
     elif rng.random() < rates.first_correct:
-      attempt2 = right if rng.random() < rates.keep_correct else format_solution(
-          slipped_steps(operands, ops, rng, settings))
+      doubt = forgotten_carry(operands, ops, '-') if rates.second_guess else None
+      if doubt is not None and rng.random() < rates.second_guess:
+        attempt2 = format_solution(doubt)
+      elif rng.random() < rates.keep_correct:
+        attempt2 = right
+      else:
+        attempt2 = format_solution(slipped_steps(operands, ops, rng, settings))
       traces.append(base.Trace(example, right, attempt2))
       continue
     else:
