@@ -196,12 +196,16 @@ def base_train_config() -> ml_collections.ConfigDict:
   # trace_options: passed to the task's make_traces (for the toy task, TraceRates fields).
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
                                          trace_options=ml_collections.ConfigDict()))
+  # stage_learning_rate.<kind>: that RL phase's own peak learning rate (0: rl.optimizer's).
   # attempt_grad_norms: also log the gradient norm of each attempt's term (a second backward
   # pass; the diagnostics of docs/stage2.md).
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator='k3', baseline='rloo',
-      normalize_std=False, optimizer=optimizer_config(5e-6), attempt_grad_norms=False))
+      normalize_std=False, shaping_baseline='all_samples', optimizer=optimizer_config(5e-6),
+      stage_learning_rate=ml_collections.ConfigDict(dict(stage1=0.0, stage2=0.0,
+                                                         single_turn=0.0)),
+      attempt_grad_norms=False))
   # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
   # (score_jax.training.self_sft) and then takes SFT steps of batch_size traces: `epochs` passes over
@@ -244,12 +248,17 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   _check_choice_field('rl.algorithm', rl.algorithm, rl_lib.ALGORITHMS)
   _check_choice_field('rl.kl_estimator', rl.kl_estimator, rl_lib.KL_ESTIMATORS)
   _check_choice_field('rl.baseline', rl.baseline, rl_lib.BASELINES)
+  _check_choice_field('rl.shaping_baseline', rl.shaping_baseline, rl_lib.SHAPING_BASELINES)
   if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
     raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
                      'rl.minibatches=1, or use rl.algorithm=ppo.')
   for name in ('alpha', 'beta1', 'beta2'):
     if getattr(rl, name) < 0:
       raise ValueError(f'rl.{name} must be >= 0; got {getattr(rl, name)}.')
+  for kind, rate in rl.stage_learning_rate.items():
+    if rate < 0:
+      raise ValueError(f'rl.stage_learning_rate.{kind} must be >= 0 (0: rl.optimizer\'s); '
+                       f'got {rate}.')
   r = c.rollout
   for name in ('prompt_len', 'attempt1_len'):
     if getattr(r, name) <= 0:

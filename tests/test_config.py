@@ -80,3 +80,35 @@ def test_demo_stops_on_a_bad_override_with_a_clear_message():
   assert result.returncode != 0
   assert "Invalid config: The mesh {'data': 3, 'fsdp': -1, 'tensor': 1} does not fit 8 devices" in (
       result.stderr)
+
+
+def test_an_rl_phase_can_have_its_own_learning_rate():
+  from score_jax.training.phases import Phase  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_train_config()
+  config.rl.optimizer.learning_rate = 1e-4
+  config.rl.stage_learning_rate.stage2 = 3e-5
+  config.lock()
+  assert Phase('stage2', 10).config_section(config).optimizer.learning_rate == 3e-5
+  assert Phase('stage1', 10).config_section(config).optimizer.learning_rate == 1e-4
+  assert config.rl.optimizer.learning_rate == 1e-4  # the config itself is unchanged
+  config.unlock()
+  config.rl.stage_learning_rate.stage1 = -1.0
+  with pytest.raises(ValueError, match=r'rl.stage_learning_rate.stage1 must be >= 0'):
+    config_lib.validate_train_config(config)
+
+
+def test_study_variants_parse_and_apply_to_declared_fields():
+  from score_jax.paper import study  # pylint: disable=g-import-not-at-top
+  name, overrides = study.parse_variant(
+      'slow:rl.stage_learning_rate.stage2=3e-5; schedule=sft:10,stage1:5,stage2:5')
+  assert name == 'slow'
+  assert overrides == {'rl.stage_learning_rate.stage2': 3e-5,
+                       'schedule': 'sft:10,stage1:5,stage2:5'}
+  config = study.apply_overrides(config_lib.base_train_config(), overrides)
+  assert config.rl.stage_learning_rate.stage2 == 3e-5
+  assert config.schedule == 'sft:10,stage1:5,stage2:5'
+  assert study.apply_overrides(config, {'rl.alpha': 1}).rl.alpha == 1.0
+  with pytest.raises(ValueError, match='rl.alpah is not a field'):
+    study.apply_overrides(config, {'rl.alpah': 1.0})
+  with pytest.raises(ValueError, match='expected NAME:field=value'):
+    study.parse_variant(':rl.alpha=1')

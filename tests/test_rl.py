@@ -54,6 +54,22 @@ def test_rloo_and_mean_baselines_by_hand():
     group_advantages(rewards, 3)
 
 
+
+def test_a_conditioned_baseline_uses_the_samples_with_the_same_condition():
+  # One group of 4: r2 = [1, 0, 1, 1] after attempt-1 outcomes r1 = [1, 1, 0, 1].
+  r2 = jnp.asarray([1.0, 0.0, 1.0, 1.0])
+  r1 = jnp.asarray([1.0, 1.0, 0.0, 1.0])
+  # Samples 0, 1, 3 share r1 = 1: leave-one-out among them → [1 − 1/2, 0 − 1, 1 − 1/2];
+  # sample 2 has no peer with r1 = 0 and falls back to all the others: 1 − 2/3.
+  np.testing.assert_allclose(group_advantages(r2, 4, 'rloo', condition=r1),
+                             [0.5, -1.0, 1 / 3, 0.5], rtol=1e-6)
+  # 'mean' includes the sample itself: sample 2 is then its own baseline.
+  np.testing.assert_allclose(group_advantages(r2, 4, 'mean', condition=r1),
+                             [1 / 3, -2 / 3, 0.0, 1 / 3], rtol=1e-6)
+  # A condition that is the same everywhere is no condition.
+  np.testing.assert_allclose(group_advantages(r2, 4, 'rloo', condition=jnp.zeros(4)),
+                             group_advantages(r2, 4, 'rloo'), rtol=1e-6)
+
 def test_masked_mean():
   x = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
   mask = jnp.asarray([[True, False, True], [False, False, True]])
@@ -140,6 +156,30 @@ def test_stage2_rule_by_hand_with_the_four_reward_cases():
   outside = ~np.isin(SEGMENT_ROW, [ATTEMPT1, ATTEMPT2])
   assert float(jnp.abs(w.advantages[:, outside]).sum()) == 0
 
+
+
+def test_stage2_with_the_baseline_of_the_same_first_outcome():
+  # Shaped r2 for a right→right revision next to a wrong→right one, α = 10, one group of 4:
+  # (r1, r2) = (1,1), (0,1), (1,1), (1,0): shaped [1, 11, 1, −10]. Over all samples, keeping
+  # the right answer gets 1 − (11 + 1 − 10)/3 = 1/3, breaking it −10 − 13/3.
+  r1 = jnp.asarray([1.0, 0.0, 1.0, 1.0])
+  r2 = jnp.asarray([1.0, 1.0, 1.0, 0.0])
+  segments = jnp.asarray([SEGMENT_ROW] * 4)
+  w = stage_token_weights(RLSettings('stage2', num_samples=4), r1, r2, segments)
+  np.testing.assert_allclose(w.advantages[:, 7], [1 / 3, 11 + 8 / 3, 1 / 3, -10 - 13 / 3],
+                             rtol=1e-5)
+  # Against the samples with the same attempt-1 outcome: (1 + α)(r2 − their mean r2), so the
+  # two kept answers get 11 · (1 − 1/2), the broken one 11 · (0 − 1); the lone wrong→right
+  # falls back to all the others: 11 · (1 − 2/3).
+  same = stage_token_weights(
+      RLSettings('stage2', num_samples=4, shaping_baseline='same_first_outcome'), r1, r2,
+      segments)
+  np.testing.assert_allclose(same.advantages[:, 7], [5.5, 11 / 3, 5.5, -11.0], rtol=1e-5)
+  # Attempt 1 and the KL weights are the same rule either way.
+  np.testing.assert_allclose(same.advantages[:, 3], w.advantages[:, 3])
+  np.testing.assert_allclose(same.kl_weights, w.kl_weights)
+  with pytest.raises(ValueError, match="Unknown shaping baseline 'both'"):
+    RLSettings('stage2', shaping_baseline='both')
 
 def test_stage2_without_shaping_and_single_turn():
   w = rule('stage2', alpha=0.0)

@@ -17,6 +17,7 @@ from score_jax.rl.losses import KL_ESTIMATORS
 
 STAGES = ('stage1', 'stage2', 'single_turn')
 ALGORITHMS = ('reinforce', 'ppo')
+SHAPING_BASELINES = ('all_samples', 'same_first_outcome')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,10 @@ class RLSettings:
     beta1: the default KL weight β1; beta2: Stage I's KL weight on attempt 1.
     num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
     baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
+    shaping_baseline: where Stage II's attempt-2 baseline comes from: 'all_samples' (the
+      shaped reward's baseline over the prompt's samples, as the paper writes it) or
+      'same_first_outcome' (over the samples whose attempt 1 scored the same;
+      ``stage_token_weights`` says why).
     algorithm: 'reinforce' (on-policy) or 'ppo' (clipped, ``ppo_epochs`` passes over the
       batch in ``minibatches`` parts).
     clip_epsilon: PPO's ε.
@@ -45,6 +50,7 @@ class RLSettings:
   num_samples: int = 4
   baseline: str = 'rloo'
   normalize_std: bool = False
+  shaping_baseline: str = 'all_samples'
   algorithm: str = 'reinforce'
   clip_epsilon: float = 0.2
   kl_estimator: str = 'k3'
@@ -55,7 +61,8 @@ class RLSettings:
 
   def __post_init__(self):
     for name, choices in (('stage', STAGES), ('algorithm', ALGORITHMS),
-                          ('kl_estimator', KL_ESTIMATORS), ('baseline', BASELINES)):
+                          ('kl_estimator', KL_ESTIMATORS), ('baseline', BASELINES),
+                          ('shaping_baseline', SHAPING_BASELINES)):
       if getattr(self, name) not in choices:
         raise ValueError(f'Unknown {name.replace("_", " ")} {getattr(self, name)!r}; choose '
                          f'from {choices}.')

@@ -16,6 +16,18 @@ both attempts.
 Single-turn RL (a baseline): attempt-1 tokens get A(r1) and β1; attempt 2 is untouched.
 The paper's ablations are settings of these rules: Stage II without Stage I is a schedule
 without ``stage1``; "no reward shaping" is Stage II with α = 0.
+
+Stage II's attempt-2 baseline. Attempt-2 tokens are sampled after attempt 1, so the bonus's
+−α·r1 part is a constant of their context: its expected policy gradient is zero, and in
+expectation the shaped reward trains attempt 2 on (1 + α)·r2. With a baseline over all of a
+prompt's samples (``shaping_baseline='all_samples'``) the −α·r1 part still enters every
+attempt-2 advantage through the other samples' attempt-1 outcomes: a right→right revision
+next to a wrong→right one gets −3.3 (α = 10, four samples), as if keeping a right answer
+were a mistake — noise of size α that the policy follows. ``'same_first_outcome'`` takes the
+baseline from the samples whose attempt 1 scored the same (all others when there are none),
+a valid baseline with the same expected gradient, which leaves (1 + α)·(r2 − baseline):
+flips weighed against their own alternative, keeping against breaking and fixing against
+staying wrong. docs/stage2.md has the measurements.
 """
 
 from __future__ import annotations
@@ -66,9 +78,13 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
     pg_mask = in_attempt2
     kl_weights = jnp.where(in_attempt1, beta2, jnp.where(in_attempt2, beta1, 0.0))
   elif stage == 'stage2':
-    advantages = jnp.where(in_attempt1, advantage(r1),
-                           jnp.where(in_attempt2, advantage(shaped_second_reward(r1, r2, alpha)),
-                                     zeros))
+    if settings.shaping_baseline == 'same_first_outcome':
+      second = (1.0 + alpha) * group_advantages(
+          r2, settings.num_samples, settings.baseline, settings.normalize_std,
+          condition=r1)[:, None]
+    else:
+      second = advantage(shaped_second_reward(r1, r2, alpha))
+    advantages = jnp.where(in_attempt1, advantage(r1), jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
     kl_weights = jnp.where(pg_mask, beta1, 0.0)
   else:  # single_turn

@@ -61,12 +61,20 @@ class Phase:
     return self.kind != 'single_turn'
 
   def config_section(self, config) -> Any:
-    """The config section (``sft``, ``rl`` or ``self_sft``) whose optimizer it uses."""
+    """The config section (``sft``, ``rl`` or ``self_sft``) whose optimizer it uses; for an
+    RL phase with its own ``rl.stage_learning_rate.<kind>`` (0: none), a copy of ``rl`` with
+    that learning rate."""
     if self.is_warm_start:
       return config.sft
     if self.is_self_sft:
       return config.self_sft
-    return config.rl
+    own_rate = config.rl.stage_learning_rate.get(self.kind, 0.0)
+    if not own_rate:
+      return config.rl
+    section = config.rl.copy_and_resolve_references()
+    with section.unlocked():
+      section.optimizer.learning_rate = own_rate
+    return section
 
   def __str__(self) -> str:
     return f'{self.kind}:{self.steps}'
