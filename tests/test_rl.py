@@ -178,6 +178,10 @@ def test_stage2_with_the_baseline_of_the_same_first_outcome():
   # Attempt 1 and the KL weights are the same rule either way.
   np.testing.assert_allclose(same.advantages[:, 3], w.advantages[:, 3])
   np.testing.assert_allclose(same.kl_weights, w.kl_weights)
+  # Stage II's KL on attempt 1 can be its own weight (0: β1).
+  pinned = rule('stage2', stage2_beta_attempt1=0.1)
+  np.testing.assert_allclose(pinned.kl_weights[0], [0, 0, 0, .1, .1, 0, 0, .01, .01, 0],
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="Unknown shaping baseline 'both'"):
     RLSettings('stage2', shaping_baseline='both')
 

@@ -28,6 +28,7 @@ class RLSettings:
     stage: 'stage1' or 'stage2' (SCoRe's stages) or 'single_turn' (the baseline).
     alpha: Stage II's shaping coefficient α.
     beta1: the default KL weight β1; beta2: Stage I's KL weight on attempt 1.
+    stage2_beta_attempt1: Stage II's KL weight on attempt 1 (0: β1, as in the paper).
     num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
     baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
     shaping_baseline: where Stage II's attempt-2 baseline comes from: 'all_samples' (the
@@ -47,6 +48,7 @@ class RLSettings:
   alpha: float = 10.0
   beta1: float = 0.01
   beta2: float = 0.1
+  stage2_beta_attempt1: float = 0.0
   num_samples: int = 4
   baseline: str = 'rloo'
   normalize_std: bool = False

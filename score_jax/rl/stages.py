@@ -86,7 +86,8 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
       second = advantage(shaped_second_reward(r1, r2, alpha))
     advantages = jnp.where(in_attempt1, advantage(r1), jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
-    kl_weights = jnp.where(pg_mask, beta1, 0.0)
+    beta_attempt1 = settings.stage2_beta_attempt1 or beta1
+    kl_weights = jnp.where(in_attempt1, beta_attempt1, jnp.where(in_attempt2, beta1, 0.0))
   else:  # single_turn
     advantages = jnp.where(in_attempt1, advantage(r1), zeros)
     pg_mask = in_attempt1
