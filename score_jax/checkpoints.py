@@ -11,28 +11,73 @@ Saves are asynchronous: ``save`` returns once the arrays are copied off the devi
 files are written in the background. Restoring goes into an abstract target whose leaves
 carry shardings (``training.steps.abstract_train_state``), so a run can resume on a different
 mesh than it was saved from, and no array is allocated before it is read.
+
+Storage faults (docs/faults.md):
+
+* A step that cannot be read (its array files gone or cut short, its metadata missing)
+  raises ``UnreadableCheckpoint``, whose one line names the step, its path and what is
+  missing (``check`` finds that from the files alone: the OCDBT manifest and B-tree say
+  which data files each array lives in). ``restore_newest`` then falls back to the next
+  older step; a step is never deleted.
+* A save that fails (no space, no permission, a quota) raises ``StorageFault`` naming the
+  step, the directory, the reason and the last good step; the steps saved before it are
+  left as they were. An asynchronous save's failure is raised by the next ``save``,
+  ``wait_until_finished`` or ``close``.
+* orbax logs every failed background write with a traceback, and the reads and writes still
+  in flight when one fails end in "Event loop is closed" errors; both are held back (the
+  error itself is raised once, as above).
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
-from typing import Any
+import re
+import sys
+import threading
+import warnings
+from typing import Any, Callable, TypeVar
 
 import orbax.checkpoint as ocp
 from etils import epath
 
-from score_jax import paths
+from score_jax import distributed, paths
+from score_jax.training.errors import StorageFault, storage_reason
 from score_jax.training.steps import abstract_params_of
+
+T = TypeVar('T')
+UNREADABLE_SUFFIX = '.unreadable'  # Where an unreadable step is moved (never deleted).
+
+
+class UnreadableCheckpoint(Exception):
+  """A checkpoint step that exists but cannot be read; ``str`` is one line."""
+
+  def __init__(self, step: int, path: str, what: str):
+    self.step, self.path, self.what = step, path, what
+    super().__init__(f'checkpoint step {step} at {path} cannot be read ({what})')
 
 
 class Checkpointer:
   """Saves and restores (state, reference, meta) under ``directory``."""
 
   def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
+    """
+    Raises:
+      StorageFault: the directory cannot be created.
+    """
     self.directory = paths.absolute(directory)  # A gs:// URL stays a URL.
+    _hold_back_orbax_failure_noise()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as e:
+      raise StorageFault(f'Cannot open the checkpoint directory {self.directory}: '
+                         f'{storage_reason(e, any_os_error=True)}.') from e
+    self._async = async_save
+    self._pending: int | None = None  # The step whose asynchronous save is in flight.
+    self.failed = False  # A save failed: nothing more is written.
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -40,27 +85,128 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # ---- saving ------------------------------------------------------------------------------
+
   def save(self, step: int, state: Any, meta: dict, reference: Any | None = None) -> None:
+    """Saves a step (in the background unless ``async_save=False``).
+
+    Raises:
+      StorageFault: this save, or the asynchronous one before it, could not be written.
+    """
+    self.wait_until_finished()
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if reference is not None:
       items['reference'] = ocp.args.StandardSave(reference)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_failure(step, e)
+    self._pending = step
+    if not self._async:
+      self.wait_until_finished()
+
+  def wait_until_finished(self) -> None:
+    """Waits for the save in flight.
+
+    Raises:
+      StorageFault: it could not be written.
+    """
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_failure(step, e)
+    if step is not None and step not in self.saved_steps():
+      self._raise_save_failure(step, None)  # orbax logged a failure without raising it.
+    _held.clear()
+
+  def close(self, quietly: bool = False) -> None:
+    """Waits for the save in flight and closes the manager.
+
+    Args:
+      quietly: swallow a failure of that save (another error is already on its way up).
+
+    Raises:
+      StorageFault: the save in flight could not be written (unless ``quietly``).
+    """
+    try:
+      if not self.failed:
+        self.wait_until_finished()
+    except StorageFault:
+      if not quietly:
+        raise
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not (self.failed or quietly):
+          raise
+
+  def _raise_save_failure(self, step: int | None, error: BaseException | None):
+    """Raises the one-line ``StorageFault`` of a failed save; any other error as it is."""
+    if error is None:
+      reason = _held_orbax_error() or 'the save did not complete'
+    else:
+      reason = storage_reason(error, any_os_error=True)
+      if reason is None:
+        raise error  # Not the storage's doing: a bug, with its traceback.
+    self.failed = True
+    _after_orbax_failure()
+    _release_orbax_waiters()
+    try:
+      saved = [s for s in self.saved_steps() if s != step]
+    except Exception:  # pylint: disable=broad-except  # The directory itself is gone.
+      saved = []
+    what = f'step {step}' if step is not None else 'a step'
+    if saved:
+      last = max(saved)
+      after = (f'the last good checkpoint is step {last} ({self.step_path(last)}); free space '
+               f'or fix the directory, then rerun the same command to resume from it')
+    else:
+      after = ('no checkpoint was saved before it; free space or fix the directory, then '
+               'rerun the same command (it starts over)')
+    raise StorageFault(f'Could not save the checkpoint of {what} in {self.directory}: '
+                       f'{reason}; {after}.', says_resume_step=True) from error
+
+  def saved_steps(self) -> list[int]:
+    """The finalized steps on disk (``all_steps`` also lists a save in flight or failed)."""
+    return list(ocp.step.checkpoint_steps(self.directory))
+
+  # ---- reading -----------------------------------------------------------------------------
 
   def read_meta(self, step: int | None = None) -> dict:
-    """The JSON item alone (cheap: no arrays are read)."""
+    """The JSON item alone (cheap: no arrays are read).
+
+    Raises:
+      FileNotFoundError: no such step.
+      UnreadableCheckpoint: the step's files are damaged.
+    """
     step = self._resolve(step)
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-        'meta']
+    try:
+      return self._read_meta(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from e
 
   def restore(self, abstract_state: Any, abstract_reference: Any | None = None,
               step: int | None = None):
-    """Restores ``(state, reference or None, meta)`` into the given abstract targets."""
+    """Restores ``(state, reference or None, meta)`` into the given abstract targets.
+
+    Raises:
+      FileNotFoundError: no such step.
+      UnreadableCheckpoint: the step's files are damaged.
+    """
     step = self._resolve(step)
     meta = self.read_meta(step)
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     if meta.get('has_reference') and abstract_reference is not None:
       items['reference'] = ocp.args.StandardRestore(abstract_reference)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from e
     reference = restored['reference'] if 'reference' in items else None
     return restored['state'], reference, meta
 
@@ -73,26 +219,145 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no such step, or (``reference``) a step without a reference.
+      UnreadableCheckpoint: the step's files are damaged.
     """
     step = self._resolve(step)
     if reference:
       if not self.read_meta(step).get('has_reference'):
         raise FileNotFoundError(f'The checkpoint at step {step} in {self.directory} has no '
                                 f'reference model (it was saved before RL began).')
-      return self._manager.restore(step, args=ocp.args.Composite(
-          reference=ocp.args.StandardRestore(abstract_params)))['reference']
-    target = {'params': abstract_params}
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-    return restored['state']['params']
+      args = ocp.args.Composite(reference=ocp.args.StandardRestore(abstract_params))
+    else:
+      target = {'params': abstract_params}
+      args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    try:
+      restored = self._manager.restore(step, args=args)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from e
+    return restored['reference'] if reference else restored['state']['params']
 
-  def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+  def check(self, step: int) -> str | None:
+    """What is missing or damaged in a step's files, or None when nothing is found.
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    Reads the metadata and, for each array item, the OCDBT manifest and B-tree (no array
+    data): every data file they point to must be there and long enough. A checkpoint that
+    passes can still fail to read (a flipped bit); one that fails cannot be restored.
+    """
+    step_dir = epath.Path(self.step_path(step))
+    problems = []
+    try:
+      has_reference = bool(self._read_meta(step).get('has_reference'))
+    except Exception as e:  # pylint: disable=broad-except
+      problems.append(f'meta: {storage_reason(e, any_os_error=True) or _first_line(e)}')
+      has_reference = (step_dir / 'reference').exists()
+    for item in ('state', 'reference') if has_reference else ('state',):
+      problems += _array_item_problems(step_dir / item, item, local=not paths.is_url(step_dir))
+    return '; '.join(problems) or None
+
+  def restore_newest(self, read: Callable[[int], T], log: Callable[[str], None] = print,
+                     set_aside: bool = True) -> tuple[int, T]:
+    """``(step, read(step))`` for the newest step that ``read`` can read.
+
+    A step whose ``read`` raises ``UnreadableCheckpoint`` is passed over for the next older
+    one, with one warning line each once a readable step is found. With ``set_aside``
+    (a run that will save those steps again), each passed-over step is renamed to
+    ``STEP.unreadable`` beside the others: kept, never deleted.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      StorageFault: none of the steps can be read (what to do is in the message).
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    unreadable: list[UnreadableCheckpoint] = []
+    for step in steps:
+      error = None
+      try:
+        result = read(step)
+      except UnreadableCheckpoint as e:
+        error = e
+      # Every process resumes from the same step, even if only one of them failed.
+      if not distributed.any_process(error is not None):
+        break
+      unreadable.append(error or UnreadableCheckpoint(
+          step, self.step_path(step), 'another process could not read it'))
+    else:
+      listed = '; '.join(f'step {e.step}: {e.what}' for e in unreadable)
+      steps_paths = ', '.join(self.step_path(e.step) for e in unreadable)
+      raise StorageFault(
+          f'No checkpoint in {self.directory} can be read ({listed}). Start over with a new '
+          f'--workdir, or delete the unreadable steps ({steps_paths}) to start over in this '
+          f'one.', says_resume_step=True)
+    for e in unreadable:
+      moved = self._set_aside(e.step) if set_aside else None
+      log(f'warning: {e}; using step {step} instead'
+          + (f', and moved step {e.step} to {moved} (not deleted).' if moved else '.'))
+    if unreadable and set_aside:
+      self._manager.reload()
+    return step, result
+
+  def verified_meta(self, step: int | None = None, log: Callable[[str], None] = print
+                    ) -> tuple[int, dict]:
+    """``(step, meta)`` of a step that passes ``check``: ``step``, or the newest one.
+
+    For readers that load the arrays later (``score_jax.evaluate``): an unreadable latest
+    step is passed over with a warning; a named one is an error.
+
+    Raises:
+      FileNotFoundError: no such step, or no checkpoint.
+      StorageFault: the named step, or every step, cannot be read.
+    """
+    def read(s: int) -> dict:
+      meta = self.read_meta(s)
+      what = self.check(s)
+      if what:
+        raise UnreadableCheckpoint(s, self.step_path(s), what)
+      return meta
+
+    if step is None:
+      return self.restore_newest(read, log, set_aside=False)
+    self._resolve(step)
+    try:
+      return step, read(step)
+    except UnreadableCheckpoint as e:
+      others = [s for s in self.all_steps() if s != step]
+      raise StorageFault(f'The {e}; pick another with --step (saved steps: '
+                         f'{others or "none other"}).') from e
+
+  def _read_meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        'meta']
+
+  def _unreadable(self, step: int, error: BaseException) -> BaseException:
+    """The ``UnreadableCheckpoint`` a failed read of ``step`` means, or ``error`` itself when
+    the files are fine and the error is not the storage's (a target that does not match)."""
+    what = self.check(step) or storage_reason(error, any_os_error=True)
+    if what is None:
+      return error
+    _after_orbax_failure()
+    return UnreadableCheckpoint(step, self.step_path(step), what)
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of orbax's sight; returns where it went."""
+    source = epath.Path(self.step_path(step))
+    target = source.parent / f'{step}{UNREADABLE_SUFFIX}'
+    copy = 1
+    while target.exists():
+      copy += 1
+      target = source.parent / f'{step}{UNREADABLE_SUFFIX}{copy}'
+    with distributed.main_process_first('checkpoints: set an unreadable step aside'):
+      if distributed.is_main_process():
+        try:
+          source.rename(target)
+        except Exception as e:  # pylint: disable=broad-except
+          raise StorageFault(
+              f'Checkpoint step {step} at {source} cannot be read and could not be moved '
+              f'aside ({storage_reason(e, any_os_error=True) or _first_line(e)}); move or '
+              f'delete it, then rerun the same command.') from e
+    return str(target)
 
   def _resolve(self, step: int | None) -> int:
     step = self.latest_step() if step is None else step
@@ -135,3 +400,180 @@ def restore_models(experiment, checkpointer: Checkpointer, step: int | None = No
   reference = (checkpointer.restore_params(target, step, reference=True)
                if with_reference and has_reference else None)
   return params, reference
+
+
+# ---- what an OCDBT item's files must hold --------------------------------------------------
+
+# "btreenode:<base path>:<file>:<offset>:<length>" or "value:...": where the manifest and
+# B-tree nodes of an OCDBT database put a node or an array chunk.
+_LOCATION = re.compile(r'^(btreenode|value):([^:]*):([^:]+):(\d+):(\d+)$')
+_NODES = ''  # The "array" of a B-tree node's location.
+
+
+def _array_item_problems(item_dir: epath.Path, item: str, local: bool) -> list[str]:
+  """What is missing from one array item (``state``, ``reference``) of a step.
+
+  Only a file that is absent or shorter than the manifest says counts; where the manifest
+  cannot be parsed (another layout, a store TensorStore cannot reach) nothing is reported
+  and the read itself decides.
+  """
+  if not item_dir.exists():
+    return [f'{item}/ is missing']
+  if not (item_dir / 'manifest.ocdbt').exists():
+    if any(p.name.startswith('ocdbt.process_') for p in item_dir.iterdir()):
+      return [f'{item}/manifest.ocdbt is missing']
+    return []
+  try:
+    import tensorstore as ts  # pylint: disable=g-import-not-at-top  # orbax's own.
+    url = str(item_dir).rstrip('/') + '/'
+    store = ts.KvStore.open(url if '://' in url else f'file://{url}').result()
+    manifest = ts.ocdbt.dump(store).result()
+    pending = [(version['root']['location'], None) for version in manifest['versions'][-1:]
+               if 'location' in version.get('root', {})]
+  except Exception:  # pylint: disable=broad-except
+    return [f'{item}/manifest.ocdbt cannot be read'] if local else []
+  sizes: dict[str, int | None] = {}
+  missing: dict[str, set[str]] = collections.defaultdict(set)
+  unreadable_nodes = []
+  while pending:
+    location, key = pending.pop()
+    match = _LOCATION.match(location)
+    if not match:
+      continue
+    kind, base, name, offset, length = match.groups()
+    relative = os.path.join(base, name)
+    if relative not in sizes:
+      path = item_dir / relative
+      sizes[relative] = path.stat().length if path.exists() else None
+    size = sizes[relative]
+    array = key.decode(errors='replace').split('/')[0] if key else _NODES
+    if size is None or size < int(offset) + int(length):
+      missing[relative].add(array)
+    elif kind == 'btreenode':
+      try:
+        pending += list(_locations(ts.ocdbt.dump(store, location).result()))
+      except Exception:  # pylint: disable=broad-except
+        if local:
+          unreadable_nodes.append(relative)
+  problems = []
+  if missing:
+    files = sorted(missing)
+    arrays = sorted(set().union(*missing.values()) - {_NODES})
+    held = [f'{_some(arrays, "array")}'] if arrays else []
+    if any(_NODES in a for a in missing.values()):
+      held.append('B-tree nodes')
+    problems.append(f'{item}: {len(files)} of {len(sizes)} data files missing or cut short '
+                    f'({_some(files, "file")}), holding {" and ".join(held)}')
+  if unreadable_nodes:
+    problems.append(f'{item}: B-tree nodes in {_some(unreadable_nodes, "file")} cannot be read')
+  return problems
+
+
+def _locations(node, key: bytes | None = None):
+  """Every (location, key) a dumped manifest or B-tree node points to."""
+  if isinstance(node, dict):
+    key = node.get('key', key)
+    for value in node.values():
+      yield from _locations(value, key)
+  elif isinstance(node, list):
+    for value in node:
+      yield from _locations(value, key)
+  elif isinstance(node, str) and _LOCATION.match(node):
+    yield node, key if isinstance(key, bytes) else None
+
+
+def _some(names: list[str], noun: str, show: int = 2) -> str:
+  """``a, b and 4 more <noun>s``: a list that stays short on one line."""
+  more = len(names) - show
+  return ', '.join(names[:show]) + (
+      f' and {more} more {noun}{"s" if more > 1 else ""}' if more > 0 else '')
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0][:200] if text else '') or type(error).__name__
+
+
+# ---- orbax's echoes of a failure -------------------------------------------------------------
+
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+_held = collections.deque(maxlen=8)  # orbax ERROR lines held back, newest last.
+_installed = False
+
+
+class _HoldOrbaxErrors(logging.Filter):
+  """Keeps orbax's ERROR records off stderr: each failed background write is logged (with a
+  traceback) by the thread that hit it, and raised again where the save is waited for."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and record.pathname.startswith(_ORBAX_DIR):
+      _held.append((record.getMessage().strip().splitlines() or [''])[0])
+      return False
+    return True
+
+
+def _held_orbax_error() -> str | None:
+  for line in reversed(_held):
+    reason = storage_reason(RuntimeError(line))
+    if reason:
+      return reason
+  return None
+
+
+def _is_orbax_echo(unraisable) -> bool:
+  """An error nobody can catch that only echoes an orbax read or write that already failed:
+  a callback into the closed event loop of the failed operation, or one of its coroutines
+  dropped unfinished."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and 'Event loop is closed' in str(error):
+    return True
+  code = getattr(unraisable.object, 'cr_code', None)
+  return code is not None and code.co_filename.startswith(_ORBAX_DIR)
+
+
+def _after_orbax_failure() -> None:
+  """Once a read or write failed, the coroutines of its siblings are dropped unawaited; each
+  would warn at exit (other coroutines than orbax's cannot be told apart there)."""
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
+
+
+def _release_orbax_waiters() -> None:
+  """Ends the background threads of a failed save that wait for a step which will not come.
+
+  orbax runs a save as threads that each wait for the signal of the one before (the step
+  directory created, the arrays written); when one fails, the others wait out the
+  coordination timeout (5 minutes), and as they are not daemons the process cannot exit
+  before. Each is cancelled and its signals set, so that it returns at once. (orbax
+  internals: where they differ, nothing is done and the wait is only longer.)
+  """
+  # pylint: disable=protected-access
+  try:
+    from orbax.checkpoint._src.futures import future  # pylint: disable=g-import-not-at-top
+    waiting = [t for t in threading.enumerate()
+               if isinstance(t, future._SignalingThread) and t.is_alive()]
+    for thread in waiting:
+      thread.cancel()
+      future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  # pylint: enable=protected-access
+
+
+def _hold_back_orbax_failure_noise() -> None:
+  global _installed
+  if _installed:
+    return
+  _installed = True
+  logging.getLogger('absl').addFilter(_HoldOrbaxErrors())
+  # "Task exception was never retrieved": a read that failed after another had already
+  # failed the restore.
+  logging.getLogger('asyncio').addFilter(
+      lambda record: not (record.levelno >= logging.ERROR and _ORBAX_DIR in record.getMessage()))
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_orbax_echo(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook

@@ -10,13 +10,14 @@ directory or a GGUF file) are evaluated as they are: the table's base row. Data,
 result, then go under ``--workdir``.
 
 ``--checkpoint`` is a training workdir (or its ``checkpoints/`` folder); the latest step is
-used unless ``--step`` names another. The run's config is read from the checkpoint; pass
-``--config`` (with overrides) only to evaluate under different settings, e.g. another
-held-out split. Decoding is greedy by default, as in the paper. When
-the checkpoint holds the frozen reference model of an RL run, its row is printed too, so
-the table shows base vs trained; each model is read from the checkpoint only when its row is
-evaluated (and only its parameters), so one copy of the weights is in memory at a time. The
-result goes to ``--output`` (default
+used unless ``--step`` names another. A latest step whose files are damaged is passed over
+for the next older one, with a warning (docs/faults.md); a damaged ``--step`` is an error.
+The run's config is read from the checkpoint; pass ``--config`` (with overrides) only to
+evaluate under different settings, e.g. another held-out split. Decoding is greedy by
+default, as in the paper. When the checkpoint holds the frozen reference model of an RL run,
+its row is printed too, so the table shows base vs trained; each model is read from the
+checkpoint only when its row is evaluated (and only its parameters), so one copy of the
+weights is in memory at a time. The result goes to ``--output`` (default
 ``WORKDIR/eval_step<N>.json``), and both attempts on every problem to ``..._samples.jsonl``
 beside it. Paths may be URLs (``gs://...``). On a multi-host slice, run it on every host with
 ``SCORE_JAX_DISTRIBUTED=1`` as for ``score_jax.train``: each host scores its own rows and
@@ -40,9 +41,9 @@ from ml_collections import config_flags
 import ml_collections
 
 from score_jax import config_lib, distributed, paths, reporting
-from score_jax.checkpoints import Checkpointer, checkpoint_dir
+from score_jax.checkpoints import Checkpointer, UnreadableCheckpoint, checkpoint_dir
 from score_jax.sampling import SamplingParams
-from score_jax.training.errors import EXIT_INVALID
+from score_jax.training.errors import EXIT_INVALID, EXIT_STORAGE, StorageFault
 from score_jax.training.evaluation import Evaluator
 from score_jax.training.experiment import Experiment
 from score_jax.training.steps import abstract_params_of
@@ -82,14 +83,14 @@ def load_models(config):
     return config, experiment, workdir, [
         ('base', lambda: experiment.initial_params(config.seed)[0])]
   workdir, directory = checkpoint_dir(_CHECKPOINT.value)
+  say = print if distributed.is_main_process() else lambda *_: None
   with _open(directory) as checkpointer:
-    meta = checkpointer.read_meta(_STEP.value)
+    step, meta = checkpointer.verified_meta(_STEP.value, log=say)
   # The run's own config (as saved with the checkpoint) unless --config overrides it.
   config = config or ml_collections.ConfigDict(meta['config'])
   with distributed.main_process_first('data'):
     experiment = Experiment.from_config(config, workdir, with_train_split=False)
   target = abstract_params_of(experiment.model('train'))
-  step = meta['global_step']
 
   def load(reference: bool):
     with _open(directory) as checkpointer:
@@ -108,10 +109,10 @@ def _open(directory: str):
     checkpointer.close()
 
 
-def _fail(message: str):
-  """Ends the command with one line on stderr (exit code 2: invalid input)."""
+def _fail(message: str, exit_code: int = EXIT_INVALID):
+  """Ends the command with one line on stderr (by default exit code 2: invalid input)."""
   print(f'score_jax.evaluate: {message}', file=sys.stderr, flush=True)
-  raise SystemExit(EXIT_INVALID)
+  raise SystemExit(exit_code)
 
 
 def _print_progress(done: int, total: int, seconds: float) -> None:
@@ -137,6 +138,8 @@ def main(argv):
   try:
     config, experiment, workdir, models = load_models(_CONFIG.value)
     sampling = SamplingParams.create(_TEMPERATURE.value, _TOP_P.value)
+  except StorageFault as e:
+    _fail(str(e), EXIT_STORAGE)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
 
@@ -150,8 +153,13 @@ def main(argv):
     what = 'the reference (base) model' if name == 'base' and _CHECKPOINT.value else name
     say(f'evaluating {what} on {len(examples)} problems')
     samples[name] = []
-    rows[name] = evaluator.run(load(), examples, sampling, _SEED.value, samples=samples[name],
+    try:
+      params = load()
+    except UnreadableCheckpoint as e:  # Damage the files alone did not show (a flipped bit).
+      _fail(f'The {e}; pick another with --step.', EXIT_STORAGE)
+    rows[name] = evaluator.run(params, examples, sampling, _SEED.value, samples=samples[name],
                                after_batch=_print_progress)
+    del params
   label = models[-1][0]
   wall_s = time.perf_counter() - start
   if not main_process:

@@ -24,8 +24,10 @@ each checkpoint save and restore, and a SIGTERM on any process stops all of them
 same step.
 
 Exit codes (``score_jax/training/errors.py``): 0 done; 2 invalid config or input, one line
-on stderr; 3 training diverged (the last good checkpoint is kept); 143 preempted by
-SIGTERM after saving a checkpoint (rerun to resume); 1 an unexpected error.
+on stderr; 3 training diverged (the last good checkpoint is kept); 4 a storage fault (a
+checkpoint or the metrics could not be written, or no checkpoint can be read: one line
+naming the path, the reason and the checkpoint a rerun resumes from; docs/faults.md); 143
+preempted by SIGTERM after saving a checkpoint (rerun to resume); 1 an unexpected error.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from score_jax import config_lib, distributed
-from score_jax.training.errors import EXIT_INVALID, RunError
+from score_jax.training.errors import EXIT_INVALID, EXIT_STORAGE, RunError, storage_reason
 from score_jax.training.experiment import Experiment
 from score_jax.training.trainer import Trainer
 
@@ -77,8 +79,14 @@ def main(argv):
     with distributed.main_process_first('data'):
       experiment = Experiment.from_config(config, workdir)
     trainer = Trainer(config, workdir, phases, experiment)
+  except RunError as e:
+    _fail(str(e), e.exit_code)
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     _fail(f'Invalid config: {e}', EXIT_INVALID)
+  except (OSError, RuntimeError) as e:  # The data or the tokenizer cannot be written.
+    if storage_reason(e) is None:
+      raise
+    _fail(f'Could not write to {workdir}: {storage_reason(e)}.', EXIT_STORAGE)
   try:
     trainer.run()
   except RunError as e:

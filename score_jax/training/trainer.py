@@ -16,7 +16,9 @@ samples per prompt) with the jitted rollout, scores both on the host, and update
 On resume (``_restore``): 1. the run's progress (phase, step, base evaluation) from the
 checkpoint's metadata, 2. the train state into the phase's optimizer layout and the frozen
 reference, 3. the metrics file cut back to the restored step; data positions follow from
-the step index, so the resumed run continues exactly where the saved one was.
+the step index, so the resumed run continues exactly where the saved one was. A step that
+cannot be read is passed over for the next older one (with a warning) and set aside, never
+deleted; a save that fails stops the run with ``StorageFault`` (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from score_jax.model import abstract_params, cast_floating
 from score_jax.sampling import SamplingParams
 from score_jax.training import self_sft
 from score_jax.training.batches import encode_traces, rl_examples
-from score_jax.training.errors import Diverged, InvalidRun, Preempted
+from score_jax.training.errors import (Diverged, InvalidRun, Preempted, StorageFault,
+                                       storage_reason)
 from score_jax.training.evaluation import Evaluator
 from score_jax.training.experiment import Experiment
 from score_jax.training.phases import Phase
@@ -116,16 +119,40 @@ class Trainer:
       Preempted: a SIGTERM arrived; a checkpoint was saved.
       Diverged: a non-finite loss or parameters.
       InvalidRun: the work directory holds a run of another schedule.
+      StorageFault: a checkpoint or the metrics could not be written, or no checkpoint of
+        the work directory can be read.
     """
-    start = time.perf_counter()
-    latest = self.checkpointer.latest_step()
-    state = self._restore(latest) if latest is not None else None
-    self.writer = MetricWriter(self.workdir, enabled=self.is_main_process,
-                               resume_step=self.progress.global_step if latest is not None
-                               else None)
-    self.progress_log.start_run()
     previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
     try:
+      summary = self._run()
+    except StorageFault as e:
+      self._close(quietly=True)  # The first fault is the one reported.
+      if e.says_resume_step:
+        raise
+      raise StorageFault(f'{e} {self._last_good_checkpoint()}', says_resume_step=True) from e
+    except OSError as e:  # The summary, the plot or the evaluation samples.
+      self._close(quietly=True)
+      reason = storage_reason(e)
+      if reason is None:
+        raise
+      raise StorageFault(f'Could not write to {self.workdir}: {reason}. '
+                         f'{self._last_good_checkpoint()}', says_resume_step=True) from e
+    except BaseException:
+      self._close(quietly=True)
+      raise
+    finally:
+      signal.signal(signal.SIGTERM, previous_handler)
+    self._close()
+    return summary
+
+  def _run(self) -> dict:
+    start = time.perf_counter()
+    try:
+      resumed = bool(self.checkpointer.all_steps())
+      state = self._restore() if resumed else None
+      self.writer = MetricWriter(self.workdir, enabled=self.is_main_process,
+                                 resume_step=self.progress.global_step if resumed else None)
+      self.progress_log.start_run()
       while self.progress.phase_index < len(self.phases):
         self._run_phase(self.phases[self.progress.phase_index], state)
         self.progress.phase_index += 1
@@ -141,10 +168,21 @@ class Trainer:
       step = self.checkpointer.latest_step()
       raise Preempted(f'Preempted (SIGTERM): saved a checkpoint at step {step}; rerun the '
                       f'same command to resume.') from None
+
+  def _close(self, quietly: bool = False) -> None:
+    """Waits for the save in flight and closes the checkpointer and the metric writer.
+
+    Args:
+      quietly: an error is on its way up; one of closing (the same full disk) is dropped.
+    """
+    try:
+      self.checkpointer.close(quietly=quietly)
     finally:
-      signal.signal(signal.SIGTERM, previous_handler)
-      self.checkpointer.close()
-      self.writer.close()
+      try:
+        self.writer.close()
+      except StorageFault:
+        if not quietly:
+          raise
 
   def _run_phase(self, phase: Phase, state) -> None:
     c, progress = self.config, self.progress
@@ -267,23 +305,40 @@ class Trainer:
 
   # ---- checkpoints -----------------------------------------------------------------------
 
-  def _restore(self, step: int):
+  def _restore(self):
+    """Resumes from the newest checkpoint that can be read; returns its train state.
+
+    A newer step that cannot be read is reported and set aside (``Checkpointer.
+    restore_newest``): the run goes on from the older one and saves those steps again.
+    """
+    step, (progress, state, reference) = self.checkpointer.restore_newest(
+        self._read_checkpoint, log=self._log)
+    self.progress, self.reference, self.params = progress, reference, state.params
+    phase = self.phases[progress.phase_index]
+    self._log(f'Resumed from step {step} (phase {phase.kind}, '
+              f'{progress.phase_step}/{phase.steps} done).')
+    return state
+
+  def _read_checkpoint(self, step: int):
+    """(progress, train state, reference or None) of a checkpoint step.
+
+    Raises:
+      UnreadableCheckpoint: the step's files are damaged.
+      InvalidRun: it was written by a run of another schedule.
+    """
     meta = self.checkpointer.read_meta(step)
     if meta['schedule'] != self.config.schedule:
       raise InvalidRun(
           f'The checkpoint in {self.checkpointer.directory} was written with schedule '
           f'{meta["schedule"]!r} but the config says {self.config.schedule!r}; use a new '
           f'--workdir or the same schedule.')
-    self.progress = RunProgress.from_meta(meta)
-    phase = self.phases[self.progress.phase_index]
+    progress = RunProgress.from_meta(meta)
+    phase = self.phases[progress.phase_index]
     tx = make_optimizer(phase.config_section(self.config).optimizer, phase.steps)
     target = abstract_train_state(self.train_model, tx)
-    state, self.reference, _ = self.checkpointer.restore(
+    state, reference, _ = self.checkpointer.restore(
         target, target.params if meta['has_reference'] else None, step)
-    self.params = state.params
-    self._log(f'Resumed from step {step} (phase {phase.kind}, '
-              f'{self.progress.phase_step}/{phase.steps} done).')
-    return state
+    return progress, state, reference
 
   def _save(self, state) -> None:
     step = self.progress.global_step
@@ -303,6 +358,14 @@ class Trainer:
         f'Training diverged ({what}); stopping. The last good checkpoint is '
         f'{"step " + str(latest) if latest is not None else "none"} in '
         f'{self.checkpointer.directory}. Lower the learning rate or raise the KL weight.')
+
+  def _last_good_checkpoint(self) -> str:
+    """Which checkpoint a rerun resumes from, as a sentence."""
+    latest = max(self.checkpointer.saved_steps(), default=None)
+    if latest is None:
+      return 'No checkpoint was saved; rerun the same command once the disk is fixed.'
+    return (f'The last good checkpoint is step {latest} in {self.checkpointer.directory}; '
+            f'rerun the same command to resume from it once the disk is fixed.')
 
   # ---- preemption, evaluation, output ----------------------------------------------------
 
