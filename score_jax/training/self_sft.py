@@ -119,7 +119,26 @@ def write_traces(path: str, traces: Sequence[Trace]) -> None:
       for t in traces))
 
 
-def read_traces(path: str, examples_by_id: Mapping[str, Any]) -> list[Trace]:
-  """The traces ``write_traces`` wrote, with their examples looked up by id."""
-  records = [json.loads(line) for line in epath.Path(path).read_text().splitlines()]
-  return [Trace(examples_by_id[r['id']], r['attempt1'], r['attempt2']) for r in records]
+def read_traces(path: str, examples_by_id: Mapping[str, Any]
+                ) -> tuple[list[Trace], list[int]]:
+  """The traces ``write_traces`` wrote, with their examples looked up by id, and the numbers
+  (from 1) of the lines that are not whole traces.
+
+  Such lines are skipped, not fatal: a file cut short (a crash of the machine before the
+  file system had written it all) or overwritten with garbage still gives its whole records.
+  """
+  text = epath.Path(path).read_bytes().decode('utf-8', errors='replace')
+  traces, damaged = [], []
+  for number, line in enumerate(text.splitlines(), start=1):
+    try:
+      record = json.loads(line)
+      example = examples_by_id[record['id']]
+      attempts = record['attempt1'], record['attempt2']
+    except (ValueError, KeyError, TypeError):  # Cut short, or not a record of this task.
+      damaged.append(number)
+      continue
+    if not all(isinstance(a, str) for a in attempts):
+      damaged.append(number)
+      continue
+    traces.append(Trace(example, *attempts))
+  return traces, damaged

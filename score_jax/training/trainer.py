@@ -285,10 +285,20 @@ class Trainer:
     """
     c, index = self.config, self.progress.phase_index
     path = os.path.join(self.workdir, 'traces', f'phase{index + 1}_{phase.kind}.jsonl')
+    traces = None
     if self.progress.phase_step > 0 and epath.Path(path).exists():
-      traces = self_sft.read_traces(path, {str(e.id): e for e in self.exp.train_examples})
-      self._log(f'   read {len(traces)} {phase.kind} traces from {path}')
-    else:
+      traces, damaged = self_sft.read_traces(
+          path, {str(e.id): e for e in self.exp.train_examples})
+      if damaged:  # A file cut short by a crash: its whole records are still the phase's.
+        self._log(f'warning: {path}: {len(damaged)} damaged line(s) skipped (line '
+                  f'{damaged[0]}{" …" if len(damaged) > 1 else ""}); '
+                  + (f'the phase goes on with the {len(traces)} whole traces.' if traces else
+                     'no whole trace is left, so the traces are sampled again from the '
+                     'resumed model.'))
+        traces = traces or None
+      if traces is not None:
+        self._log(f'   read {len(traces)} {phase.kind} traces from {path}')
+    if traces is None:
       first = self.progress.steps_before(self.phases, lambda p: p.samples_rollouts)
       step = self.progress.global_step
       traces, totals = collect_self_sft_traces(
