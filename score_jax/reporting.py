@@ -37,6 +37,39 @@ def write_run_summary(workdir: str, summary: dict) -> None:
         (f'; curves in {plot}' if plot else ''), flush=True)
 
 
+EVALUATION_FIELDS = ('acc_t1', 'acc_t2', 'delta', 'delta_i2c', 'delta_c2i')
+
+
+def held_out_evaluations(metrics_path: str, phases, base_eval: dict | None = None,
+                         base_step: int = 0) -> list[dict]:
+  """Every held-out evaluation of a run, in order, from its ``metrics.jsonl``: for each, the
+  phase it ended or interrupted (``base`` for the model RL starts from), the steps of that
+  phase done, the global step and the self-correction metrics. ``base_eval`` (at
+  ``base_step``) stands in for a base evaluation the run did not make itself."""
+  ends, total = [], 0
+  for phase in phases:
+    total += phase.steps
+    ends.append((total, phase))
+
+  def where(step: int) -> tuple[str, int]:
+    for end, phase in ends:
+      if step <= end:
+        return phase.kind, step - (end - phase.steps)
+    return ends[-1][1].kind, ends[-1][1].steps
+
+  out = []
+  if base_eval is not None:
+    out.append(dict(phase='base', phase_step=0, step=base_step,
+                    **{k: base_eval[k] for k in EVALUATION_FIELDS}))
+  for record in read_jsonl(metrics_path):
+    if 'eval/delta' not in record or (record.get('phase') == 'base' and out):
+      continue
+    kind, phase_step = ('base', 0) if record.get('phase') == 'base' else where(record['step'])
+    out.append(dict(phase=kind, phase_step=phase_step, step=record['step'],
+                    **{k: record[f'eval/{k}'] for k in EVALUATION_FIELDS}))
+  return out
+
+
 def duration(seconds: float) -> str:
   """'42m07s' under an hour, '3h05m' above."""
   seconds = int(max(seconds, 0))

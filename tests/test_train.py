@@ -80,6 +80,10 @@ def test_smoke_config_runs_end_to_end_through_main(smoke_run):
     assert summary[row]['delta'] == pytest.approx(
         summary[row]['delta_i2c'] - summary[row]['delta_c2i'])
   assert summary['wall_s'] > 0
+  # Every held-out evaluation, with the phase it ended: here the base model and the final one.
+  assert [(e['phase'], e['phase_step'], e['step']) for e in summary['evaluations']] == [
+      ('base', 0, 20), ('stage2', 3, 26)]
+  assert summary['evaluations'][-1]['delta'] == summary['final']['delta']
   assert '| base |' in result.stdout and '| final (SCoRe) |' in result.stdout
 
   # Every logged metric is finite; every phase logged its steps.

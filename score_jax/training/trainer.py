@@ -417,6 +417,8 @@ class Trainer:
                    steps=progress.global_step)
     if self.is_main_process:
       self.writer.flush()  # A URL workdir's metrics.jsonl is written whole: before the plot.
+      summary['evaluations'] = reporting.held_out_evaluations(
+          os.path.join(self.workdir, 'metrics.jsonl'), self.phases, self.known_base_eval)
       reporting.write_run_summary(self.workdir, summary)
     return summary
 
