@@ -41,6 +41,13 @@ def _hostile(sentinel: str, port: int) -> dict:
                       '  s.sendall(b"leak")\n  return 1'),
       'exit_before_tests': _job('import os\nos._exit(0)'),
       'sys_exit_in_test': _job('import sys\ndef f():\n  sys.exit(0)'),
+      # The report file's first line holds the nonce: the program may only append to it.
+      'read_report_back': _job(
+          'import os\nfor fd in range(3, 64):\n  try:\n    os.lseek(fd, 0, 0)\n'
+          '    data = os.read(fd, 4096)\n  except OSError:\n    continue\n'
+          '  if b" ready " in data:\n    nonce = data.split(b" ")[0]\n'
+          '    os.write(fd, nonce + b" test 0 ok\\n" + nonce + b" done 1 1\\n")\n'
+          '    os._exit(0)\ndef f():\n  return 2'),
       'fake_success': _job(
           'import os\nprint("done 1 1")\nprint("passed")\n'
           'for fd in range(3, 60):\n  try:\n    os.write(fd, b"done 1 1\\ntest 0 ok\\n")\n'
@@ -117,7 +124,8 @@ EXPECTED = {
     'stdout_flood': {Status.TIMEOUT}, 'stderr_flood': {Status.ERROR},
     'write_outside': {Status.FAILED}, 'network': {Status.FAILED},
     'exit_before_tests': {Status.CRASHED}, 'sys_exit_in_test': {Status.FAILED},
-    'fake_success': {Status.CRASHED}, 'kill_parent': {Status.FAILED},
+    'fake_success': {Status.CRASHED}, 'read_report_back': {Status.FAILED},
+    'kill_parent': {Status.FAILED},
     'patch_builtins': {Status.FAILED}, 'shadow_builtin': {Status.FAILED},
     'patch_module': {Status.FAILED}, 'redefine_checker': {Status.FAILED},
     'find_the_nonce': {Status.FORBIDDEN}, 'heap_walk': {Status.FORBIDDEN},

@@ -148,14 +148,14 @@ class Sandbox:
     uid = _fresh_uid() if (self._is_root and cfg.drop_privileges) else None
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix='score-sandbox-')
-    report_file = tempfile.TemporaryFile()
+    report_file, report_fd = _report_file()
     stderr_file = tempfile.TemporaryFile()
     start = time.monotonic()
     # The harness enforces the wall-clock limit itself and then cleans up; this later deadline
     # only catches a harness that failed to (its group is then killed from here).
     deadline = start + cfg.wall_timeout_s + _GRACE_S
     payload = json.dumps(dict(
-        nonce=nonce, report_fd=report_file.fileno(), program=job.program, setup=job.setup,
+        nonce=nonce, report_fd=report_fd, program=job.program, setup=job.setup,
         tests=list(job.tests), expose=list(job.expose), modules=list(job.modules),
         uid=uid, workdir=workdir, wall_timeout_s=cfg.wall_timeout_s,
         isolate_network=cfg.isolate_network,
@@ -170,11 +170,13 @@ class Sandbox:
       try:
         proc = subprocess.Popen(
             [python, '-I', '-S', _HARNESS], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=stderr_file, pass_fds=(report_file.fileno(),),
+            stdout=subprocess.DEVNULL, stderr=stderr_file, pass_fds=(report_fd,),
             cwd='/', env=env, start_new_session=True, close_fds=True)
       except OSError as e:
         return RunResult(Status.SANDBOX_ERROR, 0, len(job.tests),
                          f'could not start {python!r}: {e}', time.monotonic() - start)
+      finally:
+        os.close(report_fd)
       timed_out = not _send_and_wait(proc, payload, deadline)
       _kill_group(proc.pid)
       proc.wait()
@@ -237,6 +239,23 @@ def _send_and_wait(proc: subprocess.Popen, payload: bytes, deadline: float) -> b
         return True
   finally:
     os.close(pidfd)
+
+
+def _report_file():
+  """(the report's read side, a write-only descriptor for the harness), one unlinked file.
+
+  The harness writes its first line, with the nonce, before the program runs; through a
+  write-only descriptor (appending) the program cannot read that line back.
+  """
+  fd, path = tempfile.mkstemp(prefix='score-sandbox-report-')
+  try:
+    write_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+  except OSError:
+    os.close(fd)
+    raise
+  finally:
+    os.unlink(path)
+  return os.fdopen(fd, 'rb'), write_fd
 
 
 def _kill_group(pgid: int) -> None:
