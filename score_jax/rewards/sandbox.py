@@ -91,12 +91,23 @@ class Job:
   then runs in a separate test namespace whose builtins and ``modules`` are snapshots taken
   before the program ran; the names in ``expose`` are copied from the program's namespace into
   it; then each string in ``tests`` runs there. A test passes when it runs without raising.
+
+  With ``check_results`` (the default), the tests receive each exposed callable through a
+  wrapper: a call's result reaches them only as a copy built from exact builtin types (int,
+  float, complex, bool, str, bytes, None, list, tuple, dict, set, frozenset) and an exception
+  only as a fresh builtin exception with such arguments; any other result (an object with its
+  own ``__eq__``, a ``list`` subclass, ``StopIteration``) fails the test. Names in
+  ``unchecked`` are exposed as they are: for callables whose results the tests only pass on to
+  other exposed functions (e.g. a class the tests instantiate as input). ``docs/sandbox.md``
+  lists every check.
   """
   program: str
   tests: tuple[str, ...]
   setup: str = ''
   expose: tuple[str, ...] = ()
   modules: tuple[str, ...] = ()
+  check_results: bool = True
+  unchecked: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +168,7 @@ class Sandbox:
     payload = json.dumps(dict(
         nonce=nonce, report_fd=report_fd, program=job.program, setup=job.setup,
         tests=list(job.tests), expose=list(job.expose), modules=list(job.modules),
+        check_results=job.check_results, unchecked=list(job.unchecked),
         uid=uid, workdir=workdir, wall_timeout_s=cfg.wall_timeout_s,
         isolate_network=cfg.isolate_network,
         hide_paths=list(cfg.hide_paths), tmpfs_bytes=cfg.tmpfs_bytes,

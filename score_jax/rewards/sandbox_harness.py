@@ -199,16 +199,21 @@ def _owner(pid):
     return -1
 
 
-def _make_audit_hook(block_sockets, block_kill, violations):
+def _forbidden_class():
+  class SandboxForbidden(PermissionError, ValueError):
+    """What the audit hook raises when it refuses an operation."""
+  return SandboxForbidden
+
+
+def _make_audit_hook(block_sockets, block_kill, violations, forbidden, on_setattr=None):
   """An audit hook that refuses the routes to the harness's memory and to other programs.
 
   It raises ``SandboxForbidden`` (a PermissionError and a ValueError, so the standard library's
-  own ``sys._getframe`` fallbacks in namedtuple, enum and typing still work). Only closure
-  variables are used: the program may rebind every global and builtin.
+  own ``sys._getframe`` fallbacks in namedtuple, enum and typing still work). The interpreter's
+  attribute-assignment events (a function's ``__code__``, ``__defaults__``, ``__kwdefaults__``,
+  a class's ``__bases__``) go to ``on_setattr`` (see ``_make_guard``). Only closure variables
+  are used: the program may rebind every global and builtin.
   """
-
-  class SandboxForbidden(PermissionError, ValueError):
-    pass
 
   always = frozenset((
       'sys._getframe', 'sys._current_frames', 'sys._current_exceptions', 'sys.settrace',
@@ -253,9 +258,12 @@ def _make_audit_hook(block_sockets, block_kill, violations):
       refuse = True
     elif block_kill and event in kills:
       refuse = True
+    elif on_setattr is not None and (event == 'object.__setattr__'
+                                     or event == 'object.__delattr__'):
+      on_setattr(args)
     if refuse:
       append(event)
-      raise SandboxForbidden('forbidden in the sandbox: ' + event)
+      raise forbidden('forbidden in the sandbox: ' + event)
 
   return hook
 
@@ -334,17 +342,315 @@ def _run_program(job, facts, report, exit_now, finished):
     finished.release()
 
 
+class _Refused(BaseException):
+  """Ends a test whose program did something the harness does not accept (see ``_run_tests``).
+
+  A BaseException, so that a test's own ``except Exception`` does not catch it; the reason is
+  also recorded where the program cannot reach it, so a test that catches it anyway fails.
+  """
+
+
+# Modules whose namespace changes in ordinary use, left out of the guard (``_make_guard``).
+_VOLATILE_MODULES = frozenset(('sys', '__main__'))
+_MAX_DEPTH = 100  # how deeply a result may nest containers
+
+
+def _make_guard(roots, classes):
+  """A check that the shared objects the tests rely on are as they were before the program.
+
+  Run before any untrusted code. From ``roots`` (``builtins`` and the standard modules the tests
+  use) it follows every standard module they hold and every module whose globals their
+  functions use, and records: each module's namespace (names and values, in order), each
+  mutable class's namespace, bases and metaclass, each Python function's code, defaults and
+  closure, and, for other objects held by a module (e.g. ``random``'s generator), their class,
+  their attribute names and their callable attributes. Classes the interpreter refuses to change
+  (``int``, ``list``, every built-in type) need no record.
+
+  Returns ``(check, on_setattr)``. ``check()`` gives '' while nothing recorded has changed,
+  else a phrase naming the first change (e.g. ``collections.Counter.__eq__ was changed``).
+  Replacing a function's code or defaults raises an audit event, which the audit hook passes to
+  ``on_setattr``: those are noted as they happen (reading ``__code__`` back on every check would
+  cost an audit event per function). Both use only their closure (the program may have rebound
+  any global or builtin) and run no code the program wrote.
+  """
+  import types
+  stdlib = frozenset(sys.stdlib_module_names)
+  function_type, module_type, cell_type = types.FunctionType, types.ModuleType, types.CellType
+  class_dict = type.__dict__['__dict__'].__get__
+  flags_of = type.__dict__['__flags__'].__get__
+  bases_of = type.__dict__['__bases__'].__get__
+  module_dict = module_type.__dict__['__dict__'].__get__
+  kwdefaults_of = function_type.__dict__['__kwdefaults__'].__get__
+  closure_of = function_type.__dict__['__closure__'].__get__
+  contents_of = cell_type.__dict__['cell_contents'].__get__
+  get_attribute = object.__getattribute__
+  type_, len_, str_ = type, len, str
+  value_error, base_exception = ValueError, BaseException
+  is_word = str.isidentifier
+  immutable_type = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: attribute assignment is refused
+  empty = object()
+  table = sys.modules
+  seen = set()
+  modules, registered, kinds, functions, objects = [], {}, [], [], []
+  function_names = {}
+
+  def contents(closure):
+    out = []
+    for cell in closure or ():
+      try:
+        out.append(contents_of(cell))
+      except ValueError:
+        out.append(empty)
+    return tuple(out)
+
+  def add_module(module):
+    name = getattr(module, '__name__', None)
+    if (id(module) in seen or type(name) is not str or name in _VOLATILE_MODULES
+        or name.partition('.')[0] not in stdlib):
+      return
+    seen.add(id(module))
+    namespace = module_dict(module)
+    modules.append((name, namespace, tuple(namespace), tuple(namespace.values())))
+    if table.get(name) is module:
+      registered[name] = module
+    for key, value in list(namespace.items()):
+      visit(value, '%s.%s' % (name, key))
+
+  def add_function(function, where):
+    seen.add(id(function))
+    function_names[id(function)] = where
+    closure, kwdefaults = closure_of(function), kwdefaults_of(function)
+    if closure or kwdefaults:  # what no audit event reports: cells and keyword defaults
+      functions.append((where, closure or (), contents(closure), kwdefaults or {},
+                        tuple(kwdefaults or ()), tuple((kwdefaults or {}).values())))
+    name = function.__globals__.get('__name__')
+    module = table.get(name) if type(name) is str else None
+    if module is not None and module_dict(module) is function.__globals__:
+      add_module(module)
+    for value in contents(closure):
+      if type(value) is function_type or isinstance(value, type):
+        visit(value, where + '.<closure>')
+
+  def add_class(cls):
+    seen.add(id(cls))
+    visit(type(cls), '')
+    for base in bases_of(cls):
+      visit(base, '')
+    if flags_of(cls) & immutable_type:
+      return
+    namespace = class_dict(cls)
+    name = '%s.%s' % (namespace.get('__module__', '?'), cls.__qualname__)
+    kinds.append((name, cls, type(cls), bases_of(cls), namespace, tuple(namespace),
+                  tuple(namespace.values())))
+    for key, value in list(namespace.items()):
+      visit(value, '%s.%s' % (name, key))
+
+  def visit(value, where):
+    if id(value) in seen:
+      return
+    kind = type(value)
+    if kind is function_type:
+      add_function(value, where)
+    elif isinstance(value, type):
+      add_class(value)
+    elif isinstance(value, module_type):
+      add_module(value)
+    elif kind is staticmethod or kind is classmethod:
+      visit(value.__func__, where)
+    elif kind is types.MethodType or kind is types.BuiltinMethodType:
+      owner = value.__self__
+      if not isinstance(owner, module_type):
+        visit(owner, where + '.__self__')
+      if kind is types.MethodType:
+        visit(value.__func__, where)
+    elif kind is property:
+      for part in (value.fget, value.fset, value.fdel):
+        if part is not None:
+          visit(part, where)
+    else:
+      try:
+        namespace = get_attribute(value, '__dict__')
+      except Exception:
+        return
+      if type(namespace) is dict:
+        seen.add(id(value))
+        visit(kind, '')
+        objects.append((where, value, kind, namespace, tuple(namespace),
+                        tuple(v if callable(v) else empty for v in namespace.values())))
+
+  for value in roots:
+    visit(value, '')
+  for value in classes:
+    visit(value, '')
+  n_registered = len(registered)
+  noted = []
+  id_ = id
+  registry_name = '__warningregistry__'
+
+  def on_setattr(args):
+    name = function_names.get(id_(args[0])) if args else None
+    if name is not None and not noted:
+      noted.append('%s was changed' % name)
+
+  def first_change(namespace, keys, values):
+    """The first name whose entry differs ('' if none), for module and class namespaces.
+
+    A module's ``__warningregistry__``, added by ``warnings`` when code there warns, is not a
+    change.
+    """
+    index, count = 0, len_(keys)
+    for key, value in namespace.items():
+      if index >= count or key is not keys[index] or value is not values[index]:
+        if type_(key) is not str_ or not is_word(key):
+          return '?'
+        if key != registry_name:
+          return key
+        continue
+      index += 1
+    return keys[index] if index < count else ''
+
+  def check():
+    if noted:
+      return noted[0]
+    for name, namespace, keys, values in modules:
+      key = first_change(namespace, keys, values)
+      if key:
+        return '%s.%s was changed' % (name, key)
+    found = 0
+    for key, value in table.items():
+      if type_(key) is str_:
+        module = registered.get(key, empty)
+        if module is not empty:
+          if value is not module:
+            return "sys.modules['%s'] was replaced" % key
+          found += 1
+    if found != n_registered:
+      return 'a module was removed from sys.modules'
+    for name, cls, meta, bases, namespace, keys, values in kinds:
+      if type_(cls) is not meta or bases_of(cls) is not bases:
+        return "%s's class or bases were changed" % name
+      key = first_change(namespace, keys, values)
+      if key:
+        return '%s.%s was changed' % (name, key)
+    for name, closure, cells, kwdefaults, kwkeys, kwvalues in functions:
+      index = 0
+      for cell in closure:
+        try:
+          value = contents_of(cell)
+        except value_error:
+          value = empty
+        if value is not cells[index]:
+          return '%s was changed' % name
+        index += 1
+      if first_change(kwdefaults, kwkeys, kwvalues):
+        return "%s's defaults were changed" % name
+    for name, value, kind, namespace, keys, callables in objects:
+      if type_(value) is not kind:
+        return "%s's class was changed" % name
+      try:
+        if get_attribute(value, '__dict__') is not namespace:
+          return '%s was changed' % name
+      except base_exception:
+        return '%s was changed' % name
+      index, count = 0, len_(keys)
+      for key, item in namespace.items():
+        if index >= count or key is not keys[index]:
+          if type_(key) is str_ and is_word(key):
+            return '%s was given the attribute %s' % (name, key)
+          return '%s was given an attribute' % name
+        if callables[index] is not empty and item is not callables[index]:
+          return '%s.%s was changed' % (name, keys[index])
+        index += 1
+      if index != count:
+        return '%s lost an attribute' % name
+    return ''
+
+  return check, on_setattr
+
+
+def _make_plain_copy():
+  """``plain_copy(value)``: (a deep copy, '') when ``value`` is built only from exact builtin
+  types (int, float, complex, bool, str, bytes, None, list, tuple, dict, set, frozenset), else
+  (None, the name of the first other type found). Only closure variables are used."""
+  type_, list_, tuple_, dict_, set_, frozenset_ = type, list, tuple, dict, set, frozenset
+  int_, float_, complex_, bool_, str_, bytes_, none = int, float, complex, bool, str, bytes, \
+      type(None)
+  items = dict.items
+  name_of = type.__dict__['__name__'].__get__
+  str_copy, is_word = str.__str__, str.isidentifier
+  base_exception = BaseException
+  bad = object()
+  culprit = [None]
+  max_depth = _MAX_DEPTH
+
+  def copy(value, depth):
+    kind = type_(value)
+    if (kind is int_ or kind is str_ or kind is float_ or kind is bool_ or kind is none
+        or kind is bytes_ or kind is complex_):
+      return value
+    if depth >= max_depth:
+      culprit[0] = 'containers nested more than %d deep' % max_depth
+      return bad
+    if kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_:
+      out = []
+      for item in value:
+        item = copy(item, depth + 1)
+        if item is bad:
+          return bad
+        out.append(item)
+      return out if kind is list_ else kind(out)
+    if kind is dict_:
+      out = {}
+      for key, item in items(value):
+        key, item = copy(key, depth + 1), copy(item, depth + 1)
+        if key is bad or item is bad:
+          return bad
+        out[key] = item
+      return out
+    try:
+      name = str_copy(name_of(kind))
+      name = name[:60] if is_word(name) else '?'
+    except base_exception:
+      name = '?'
+    culprit[0] = ('a container holding an object of type %s' if depth
+                  else 'an object of type %s') % name
+    return bad
+
+  def plain_copy(value):
+    culprit[0] = None
+    result = copy(value, 0)
+    if result is bad:
+      return None, culprit[0]
+    return result, ''
+
+  return plain_copy
+
+
 def _run_tests(job, facts, report, exit_now):
-  # Snapshots the tests run against, taken before any untrusted code.
+  """Runs the program, then the setup and the tests against what the program exposes.
+
+  The tests see the exposed names through wrappers (unless the job turns ``check_results``
+  off, or lists a name in ``unchecked``): a call's result reaches the test only as a deep copy
+  built from exact builtin types, and an exception only as a fresh exception of the same
+  builtin type with such arguments; anything else (an object with its own ``__eq__``, a
+  ``list`` subclass, ``StopIteration``, a custom exception), and an argument the call filled
+  with other objects, fails the test. Before each test and after each call, ``_make_guard``'s
+  check must find the shared modules and classes unchanged and no thread of the program may
+  still run; automatic garbage collection is off during the tests, so finalisers of the
+  program's objects run only in the collection made before the first check.
+  """
+  import _thread
+  import gc
   import importlib
   import types
   test_builtins = dict(builtins.__dict__)
-  trusted_modules = {}
+  trusted_modules, real_modules = {}, []
   for name in job['modules']:
     try:
       module = importlib.import_module(name)
     except ImportError:
       continue
+    real_modules.append(module)
     copy = types.ModuleType(name)
     copy.__dict__.update(module.__dict__)
     trusted_modules[name] = copy
@@ -356,23 +662,47 @@ def _run_tests(job, facts, report, exit_now):
     return real_import(name, globals, locals, fromlist, level)
 
   test_builtins['__import__'] = trusted_import
+  violations = []
+  forbidden = _forbidden_class()
+  guard, on_setattr = _make_guard([builtins] + real_modules, [_Refused, forbidden])
+  hook = _make_audit_hook(not facts['net_isolated'], not facts['uid_dropped'], violations,
+                          forbidden, on_setattr)
+  plain_copy = _make_plain_copy()
+  re_module = sys.modules.get('re')
+  purge = re_module.purge if 're' in job['modules'] and re_module is not None else None
+  threads, collect, disable_gc = _thread._count, gc.collect, gc.disable
+  # Exceptions a call may pass to the tests (as fresh copies): the builtin ones, less those
+  # that steer control flow (StopIteration ends a ``map``) and groups (they nest others).
+  control = tuple(getattr(builtins, name) for name in (
+      'StopIteration', 'StopAsyncIteration', 'GeneratorExit', 'KeyboardInterrupt', 'SystemExit',
+      'BaseExceptionGroup') if hasattr(builtins, name))
+  passable = {}
+  for value in builtins.__dict__.values():
+    if (isinstance(value, type) and issubclass(value, BaseException)
+        and not issubclass(value, control)):
+      passable[id(value)] = value
+  args_of = BaseException.__dict__['args'].__get__
   report('ready ' + json.dumps(facts))
-  compile_, exec_, type_ = compile, exec, type
-  base_exception = BaseException
+  compile_, exec_, type_, id_, callable_ = compile, exec, type, id, callable
+  list_, dict_, set_, tuple_ = list, dict, set, tuple
+  base_exception, refused_error = BaseException, _Refused
   name_of = type.__dict__['__name__'].__get__
   str_copy = str.__str__
   is_word = str.isidentifier
   program, setup, tests = job['program'], job['setup'], list(job['tests'])
   expose, modules = list(job['expose']), list(trusted_modules.items())
+  check_results, unchecked = job.get('check_results', True), list(job.get('unchecked', ()))
   n_tests = len(tests)
-  violations = []
-  sys.addaudithook(_make_audit_hook(not facts['net_isolated'], not facts['uid_dropped'],
-                                    violations))
-  del job
+  refusals, watched = [], []
+  sys.addaudithook(hook)
+  del job, hook
 
   def kind_of(exc):
+    return name_for(type_(exc))
+
+  def name_for(kind):
     try:
-      name = str_copy(name_of(type_(exc)))
+      name = str_copy(name_of(kind))
     except base_exception:
       return 'Unknown'
     return name[:60] if is_word(name) else 'Unknown'
@@ -380,6 +710,101 @@ def _run_tests(job, facts, report, exit_now):
   def refused():
     return ' ' + violations[0] if violations else ''
 
+  def shared_state():
+    """'' while the shared objects are intact and no thread of the program runs."""
+    disable_gc()
+    change = guard()
+    if change:
+      return 'Tampered ' + change + ' by the program'
+    running = threads() - own_threads
+    if running > 0:
+      return 'ThreadRunning the program left %d thread(s) running during the tests' % running
+    if purge is not None:
+      purge()  # no regular expression compiled by the program is reused by the tests
+    return ''
+
+  def refuse(reason):
+    if not refusals:
+      refusals.append(reason)
+    raise refused_error(reason)
+
+  def wrap(name, function):
+    def call(*args, **kwargs):
+      try:
+        watch(args, kwargs)
+      except base_exception:
+        refuse('ResultRefused the arguments of %s could not be checked' % name)
+      try:
+        result = function(*args, **kwargs)
+      except base_exception as exc:
+        try:
+          fresh, problem = settle_error(name, exc)
+        except base_exception:
+          fresh, problem = None, 'ResultRefused what %s raised could not be checked' % name
+        if problem:
+          refuse(problem)
+        raise fresh from None
+      try:
+        copy, problem = settle_result(name, result)
+      except base_exception:
+        copy, problem = None, 'ResultRefused what %s returned could not be checked' % name
+      if problem:
+        refuse(problem)
+      return copy
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+  def watch(args, kwargs):
+    """Keeps the containers built from builtin types among the arguments, to check them
+    again after each call of this test (the program may keep them and fill them later)."""
+    for value in args:
+      kind = type_(value)
+      if (kind is list_ or kind is dict_ or kind is set_ or kind is tuple_) and not plain_copy(
+          value)[1]:
+        watched.append(value)
+    for value in kwargs.values():
+      kind = type_(value)
+      if (kind is list_ or kind is dict_ or kind is set_ or kind is tuple_) and not plain_copy(
+          value)[1]:
+        watched.append(value)
+
+  def settle_result(name, result):
+    problem = after_call(name)
+    if problem:
+      return None, problem
+    copy, culprit = plain_copy(result)
+    if culprit:
+      return None, ('ResultRefused %s returned %s, not a value built from builtin types'
+                    % (name, culprit))
+    return copy, ''
+
+  def settle_error(name, exc):
+    """A fresh copy of a builtin exception with plain arguments, or the reason there is none."""
+    kind = type_(exc)
+    problem = after_call(name)
+    if problem:
+      return None, problem
+    if passable.get(id_(kind)) is not kind:
+      return None, 'ResultRefused %s raised %s, not a builtin exception' % (name, name_for(kind))
+    arguments, culprit = plain_copy(args_of(exc))
+    if culprit:
+      return None, ('ResultRefused %s raised %s with arguments not built from builtin types'
+                    % (name, name_for(kind)))
+    return kind(*arguments), ''
+
+  def after_call(name):
+    problem = shared_state()
+    if problem:
+      return problem
+    for value in watched:
+      culprit = plain_copy(value)[1]
+      if culprit:
+        return ('ResultRefused %s left an argument holding an object not built from builtin '
+                'types' % name)
+    return ''
+
+  own_threads = threads()
   # ---- From here on, untrusted code runs: only locals captured above are used. ----
   namespace = {'__name__': '__candidate__', '__builtins__': builtins}
   try:
@@ -397,24 +822,47 @@ def _run_tests(job, facts, report, exit_now):
   test_namespace = {'__name__': '__test__', '__builtins__': test_builtins}
   for name, module in modules:
     test_namespace[name] = module
+  collect()  # finalisers of the program's garbage run now, before the first check
   try:
     exec_(compile_(setup, '<setup>', 'exec'), test_namespace)
   except base_exception as exc:
     report('setup error ' + kind_of(exc))
     exit_now(0)
+  exposure = ''  # set when an exposed name is neither callable nor built from builtin types
   for name in expose:  # never a builtin's name: the tests' builtins stay the snapshot's
     if name in namespace and name not in test_builtins:
-      test_namespace[name] = namespace[name]
+      value = namespace[name]
+      if not check_results or name in unchecked:
+        test_namespace[name] = value
+      elif callable_(value):
+        test_namespace[name] = wrap(name, value)
+      else:
+        copy, culprit = plain_copy(value)
+        if culprit and not exposure:
+          exposure = 'ResultRefused %s is %s, not a value built from builtin types' % (
+              name, culprit)
+        test_namespace[name] = copy
   passed = 0
   index = 0
   for test in tests:
+    del refusals[:], watched[:]
+    problem = exposure or shared_state()
+    if problem:  # the program changed what the tests rely on: the test cannot pass
+      report('test %d fail %s' % (index, problem))
+      index += 1
+      continue
     try:
       exec_(compile_(test, '<test>', 'exec'), test_namespace)
     except base_exception as exc:
-      report('test %d fail %s%s' % (index, kind_of(exc), refused()))
+      report('test %d fail %s' % (index, refusals[0] if refusals
+                                  else kind_of(exc) + refused()))
     else:
-      passed += 1
-      report('test %d ok' % index)
+      problem = refusals[0] if refusals else shared_state()
+      if problem:
+        report('test %d fail %s' % (index, problem))
+      else:
+        passed += 1
+        report('test %d ok' % index)
     index += 1
   report('done %d %d' % (passed, n_tests))
   exit_now(0)
