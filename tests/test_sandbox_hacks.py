@@ -96,6 +96,14 @@ HACKS = {
              'threading.Thread(target=spin, daemon=True).start()\ndef f():\n  return 1'),
         Status.FAILED, r'ThreadRunning the program left 1 thread\(s\) running'),
     # Shared classes, functions and modules the tests use cannot be changed.
+    'counter_returned_after_patching': (
+        _job('import collections\ncollections.Counter.__eq__ = lambda s, o: True\n'
+             'def f():\n  return collections.Counter()', tests=('assert f() == {"a": 1}',)),
+        Status.FAILED, 'Tampered collections.Counter.__eq__ was changed by the program'),
+    'defaultdict_with_program_factory': (
+        _job(MAGIC + 'import collections\ndef f():\n  return collections.defaultdict(Magic)',
+             tests=('assert f()["anything"] == 5',)),
+        Status.FAILED, 'test 0: KeyError'),
     'counter_eq_patched': (
         _job('import collections\ncollections.Counter.__eq__ = lambda s, o: True\n'
              'def f(s):\n  return ""', tests=(COUNTER_TEST,), modules=('collections',)),
@@ -197,16 +205,26 @@ LEGITIMATE = {
         tests=('assert f("banana") == 3', 'assert re.match("b", "b") and random.random() < 1',
                'assert collections.Counter(str(f("a"))) == collections.Counter("1")'),
         modules=('collections', 're', 'random', 'typing', 'enum')),
+    'standard_containers': _job(  # their comparisons are the (guarded) standard library's
+        'import collections\ndef f():\n  return [collections.Counter("abca"), '
+        'collections.OrderedDict([(2, "b"), (1, "a")]), collections.defaultdict(list, x=[1]), '
+        'collections.deque([1, 2], maxlen=3)]',
+        tests=('c, o, d, q = f()\nassert c == {"a": 2, "b": 1, "c": 1} and c["z"] == 0',
+               'assert list(f()[1]) == [2, 1] and f()[1] == collections.OrderedDict('
+               '[(2, "b"), (1, "a")])',
+               'd = f()[2]\nassert d == {"x": [1]} and d["y"] == [] and f()[3].maxlen == 3'),
+        modules=('collections',)),
     'results_unchecked_by_choice': _job('def f():\n  yield 1', tests=('assert list(f()) == [1]',),
                                         check_results=False),
 }
-# The limit of what a checked result may be: a generator (or a Counter) is refused.
+# The limits of what a checked result may be: a generator or a namedtuple is refused.
 LIMITS = {
     'generator_result': (_job('def f():\n  yield 1', tests=('assert list(f()) == [1]',)),
                          Status.FAILED, REFUSED_RESULT.format('an object of type generator')),
-    'counter_result': (_job('import collections\ndef f():\n  return collections.Counter("ab")',
-                            tests=('assert f() == {"a": 1, "b": 1}',)),
-                       Status.FAILED, REFUSED_RESULT.format('an object of type Counter')),
+    'namedtuple_result': (
+        _job('import collections\nP = collections.namedtuple("P", "x y")\n'
+             'def f():\n  return P(1, 2)', tests=('assert f() == (1, 2)',)),
+        Status.FAILED, REFUSED_RESULT.format('an object of type P')),
 }
 
 

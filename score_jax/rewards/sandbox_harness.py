@@ -492,20 +492,22 @@ def _make_guard(roots, classes):
     if name is not None and not noted:
       noted.append('%s was changed' % name)
 
-  def first_change(namespace, keys, values):
+  def first_change(namespace, keys, values, package=None):
     """The first name whose entry differs ('' if none), for module and class namespaces.
 
-    A module's ``__warningregistry__``, added by ``warnings`` when code there warns, is not a
-    change.
+    Not changes: a module's ``__warningregistry__`` (added by ``warnings`` when code there
+    warns) and, in a package, a submodule imported since (the import system binds it there).
     """
     index, count = 0, len_(keys)
     for key, value in namespace.items():
       if index >= count or key is not keys[index] or value is not values[index]:
         if type_(key) is not str_ or not is_word(key):
           return '?'
-        if key != registry_name:
-          return key
-        continue
+        if key == registry_name or (index >= count and package is not None
+                                    and type_(value) is module_type
+                                    and table.get(package + '.' + key) is value):
+          continue
+        return key
       index += 1
     return keys[index] if index < count else ''
 
@@ -513,7 +515,7 @@ def _make_guard(roots, classes):
     if noted:
       return noted[0]
     for name, namespace, keys, values in modules:
-      key = first_change(namespace, keys, values)
+      key = first_change(namespace, keys, values, name)
       if key:
         return '%s.%s was changed' % (name, key)
     found = 0
@@ -568,20 +570,38 @@ def _make_guard(roots, classes):
   return check, on_setattr
 
 
-def _make_plain_copy():
+def _make_plain_copy(collections):
   """``plain_copy(value)``: (a deep copy, '') when ``value`` is built only from exact builtin
-  types (int, float, complex, bool, str, bytes, None, list, tuple, dict, set, frozenset), else
-  (None, the name of the first other type found). Only closure variables are used."""
+  types (int, float, complex, bool, str, bytes, None, list, tuple, dict, set, frozenset) and
+  the standard containers ``collections.Counter``, ``OrderedDict``, ``defaultdict`` and
+  ``deque`` (a copied ``defaultdict`` keeps its default factory only when that is a builtin
+  type), else (None, a phrase naming the first other type found). Only closure variables are
+  used, and no method a subclass could override is called.
+  """
   type_, list_, tuple_, dict_, set_, frozenset_ = type, list, tuple, dict, set, frozenset
   int_, float_, complex_, bool_, str_, bytes_, none = int, float, complex, bool, str, bytes, \
       type(None)
-  items = dict.items
+  counter, ordered, default, deque = (collections.Counter, collections.OrderedDict,
+                                      collections.defaultdict, collections.deque)
+  items, set_item = dict.items, dict.__setitem__
+  ordered_items, ordered_set_item = ordered.items, ordered.__setitem__
+  factory_of = default.__dict__['default_factory'].__get__
+  maxlen_of = deque.__dict__['maxlen'].__get__
+  factories = (int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset)
   name_of = type.__dict__['__name__'].__get__
   str_copy, is_word = str.__str__, str.isidentifier
   base_exception = BaseException
   bad = object()
   culprit = [None]
   max_depth = _MAX_DEPTH
+
+  def copy_items(pairs, out, depth, store=set_item):
+    for key, item in pairs:
+      key, item = copy(key, depth + 1), copy(item, depth + 1)
+      if key is bad or item is bad:
+        return bad
+      store(out, key, item)
+    return out
 
   def copy(value, depth):
     kind = type_(value)
@@ -591,22 +611,31 @@ def _make_plain_copy():
     if depth >= max_depth:
       culprit[0] = 'containers nested more than %d deep' % max_depth
       return bad
-    if kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_:
+    if (kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_
+        or kind is deque):
       out = []
       for item in value:
         item = copy(item, depth + 1)
         if item is bad:
           return bad
         out.append(item)
+      if kind is deque:
+        return deque(out, maxlen_of(value))
       return out if kind is list_ else kind(out)
     if kind is dict_:
-      out = {}
-      for key, item in items(value):
-        key, item = copy(key, depth + 1), copy(item, depth + 1)
-        if key is bad or item is bad:
-          return bad
-        out[key] = item
-      return out
+      return copy_items(items(value), {}, depth)
+    if kind is counter:
+      return copy_items(items(value), counter(), depth)
+    if kind is ordered:
+      return copy_items(ordered_items(value), ordered(), depth, ordered_set_item)
+    if kind is default:
+      factory = factory_of(value)
+      for allowed in factories:
+        if factory is allowed:
+          break
+      else:
+        factory = None
+      return copy_items(items(value), default(factory), depth)
     try:
       name = str_copy(name_of(kind))
       name = name[:60] if is_word(name) else '?'
@@ -640,6 +669,7 @@ def _run_tests(job, facts, report, exit_now):
   program's objects run only in the collection made before the first check.
   """
   import _thread
+  import collections
   import gc
   import importlib
   import types
@@ -664,10 +694,11 @@ def _run_tests(job, facts, report, exit_now):
   test_builtins['__import__'] = trusted_import
   violations = []
   forbidden = _forbidden_class()
-  guard, on_setattr = _make_guard([builtins] + real_modules, [_Refused, forbidden])
+  # collections too: results may be its containers, whose comparisons are its code.
+  guard, on_setattr = _make_guard([builtins, collections] + real_modules, [_Refused, forbidden])
   hook = _make_audit_hook(not facts['net_isolated'], not facts['uid_dropped'], violations,
                           forbidden, on_setattr)
-  plain_copy = _make_plain_copy()
+  plain_copy = _make_plain_copy(collections)
   re_module = sys.modules.get('re')
   purge = re_module.purge if 're' in job['modules'] and re_module is not None else None
   threads, collect, disable_gc = _thread._count, gc.collect, gc.disable
