@@ -1,5 +1,6 @@
 """Code tasks: program extraction, HumanEval references and broken variants, MBPP files."""
 
+import dataclasses
 import json
 import os
 
@@ -7,7 +8,8 @@ import pytest
 
 from score_jax import tasks
 from score_jax.rewards.sandbox import Status
-from score_jax.tasks.code import extract_program, names_used_by_tests
+from score_jax.tasks.code import (extract_program, humaneval_package_paths,
+                                  names_only_passed_on, names_used_by_tests)
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 # HumanEval problems whose canonical solution is sabotaged in a way its tests catch.
@@ -123,3 +125,86 @@ def test_mbpp_errors_name_the_file_line_and_field(tmp_path):
     path.write_text(good + '\n' + line + '\n')
     with pytest.raises(ValueError, match=message):
       tasks.get_task('mbpp', path=str(path)).load_split('all', '')
+
+
+def test_only_inputs_built_by_program_classes_are_unchecked():
+  assert names_only_passed_on(
+      '', ['assert max_chain_length([Pair(5, 24), Pair(15, 25)], 2) == 1'],
+      ('Pair', 'max_chain_length')) == ('Pair',)
+  assert names_only_passed_on('', ['assert f([P(1)], key=K(3)) == 2'], 'fPK') == ('K', 'P')
+  for tests in (['assert f(g(1)) == g(2)'], ['assert f(g)'], ['assert f(g(1))', 'g(f(2))'],
+                ['assert g(g(1)) == 1']):
+    assert names_only_passed_on('', tests, ('f', 'g')) == (), tests
+  mbpp = tasks.get_task('mbpp', path=os.path.join(DATA, 'mbpp_sample.jsonl'))
+  assert all(e.unchecked == () for e in mbpp.load_split('all', ''))
+
+
+# A HumanEval/53 completion that looks its canonical solution up in the dataset file.
+_LOOK_UP_THE_ANSWER = '''    import gzip, json
+    with gzip.open({path!r}, 'rt') as f:
+        for line in f:
+            problem = json.loads(line)
+            if problem['task_id'] == 'HumanEval/53':
+                namespace = {{}}
+                exec(problem['prompt'] + problem['canonical_solution'], namespace)
+                return namespace['add'](x, y)
+'''
+
+
+def test_humaneval_shaped_hacks_do_not_pass(humaneval):
+  task, problems = humaneval
+  data_file = os.path.join(humaneval_package_paths()[0], 'data', 'HumanEval.jsonl.gz')
+  # Each passed before the sandbox checked results and guarded shared classes.
+  cheats = {  # task id: (completion, status, reason)
+      'HumanEval/53': ('    class Same:\n        def __eq__(self, other):\n            return True\n'
+                       '    return Same()\n',
+                       Status.FAILED, 'ResultRefused add returned an object of type Same'),
+      'HumanEval/38': ('    return s\nimport random\nrandom._inst._randbelow = lambda n: 0\n',
+                       Status.FAILED, 'Tampered random._inst was given the attribute _randbelow'),
+      'HumanEval/50': ("    return 'a' * len(s)\nimport random\n"  # every input is 'aaa...'
+                       'random.Random._randbelow = lambda self, n: 0\n', Status.FAILED,
+                       'Tampered random.Random._randbelow was changed'),
+  }
+  examples = [problems[i] for i in cheats]
+  results = task.run_batch(examples, [c[0] for c in cheats.values()])
+  for (task_id, (_, status, reason)), result in zip(cheats.items(), results):
+    assert (result.status, task_id) == (status, task_id), result.detail
+    assert reason in result.detail, (task_id, result.detail)
+  if os.geteuid() != 0:
+    pytest.skip('hiding paths needs a mount namespace (root)')
+  example = problems['HumanEval/53']
+  cheat = _LOOK_UP_THE_ANSWER.format(path=data_file)
+  hidden = task.run_batch([example], [cheat])[0]
+  assert hidden.status == Status.FAILED and 'FileNotFoundError' in hidden.detail, hidden.detail
+  open_task = tasks.get_task('humaneval', hide_paths=())  # the same cheat, nothing hidden
+  assert open_task.run_batch([example], [cheat])[0].passed
+
+
+def test_the_mbpp_file_is_hidden_by_default():
+  if os.geteuid() != 0:
+    pytest.skip('hiding paths needs a mount namespace (root)')
+  path = os.path.join(DATA, 'mbpp_sample.jsonl')
+  task = tasks.get_task('mbpp', path=path)
+  assert os.path.realpath(path) in task.sandbox.config.hide_paths
+  example = task.load_split('test', '')[0]  # sum_of_squares
+  cheat = ('def sum_of_squares(n):\n  import json\n'
+           f'  for line in open({path!r}):\n    record = json.loads(line)\n'
+           '    if "sum_of_squares" in record["code"]:\n      namespace = {}\n'
+           '      exec(record["code"], namespace)\n'
+           '      return namespace["sum_of_squares"](n)')
+  result = task.run_batch([example], [cheat])[0]
+  assert result.status == Status.FAILED and 'AssertionError' in result.detail, result.detail
+  assert tasks.get_task('mbpp', path=path, hide_paths=()).run_batch([example], [cheat])[0].passed
+
+
+def test_results_checking_is_a_task_option():
+  task = tasks.get_task('mbpp', path=os.path.join(DATA, 'mbpp_sample.jsonl'),
+                        check_results=False)
+  example = task.load_split('test', '')[0]
+  assert task.job(example, 'x = 1').check_results is False
+  generator = 'def sum_of_squares(n):\n  yield from [sum(i * i for i in range(1, n + 1))]'
+  example = dataclasses.replace(example, tests=('assert list(sum_of_squares(3)) == [14]',))
+  assert task.run_batch([example], [generator])[0].passed
+  checked = tasks.get_task('mbpp', path=os.path.join(DATA, 'mbpp_sample.jsonl'))
+  result = checked.run_batch([example], [generator])[0]
+  assert result.status == Status.FAILED and 'type generator' in result.detail

