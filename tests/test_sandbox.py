@@ -5,6 +5,7 @@ the 2-second wall-clock limit); the tests then check each result and the state a
 """
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -201,3 +202,54 @@ def test_every_test_must_pass(sandbox):
                                                            'assert f() == 2')))
   assert result.status == Status.FAILED and result.tests_passed == 1
   assert 'test 1' in result.detail
+
+
+def _descendants() -> set[int]:
+  parents = {}
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/stat', 'rb') as f:
+        stat = f.read()
+    except OSError:
+      continue
+    parents[int(pid)] = int(stat[stat.rfind(b')') + 2:].split()[1])
+  found = set()
+  for pid in parents:
+    ancestor = parents.get(pid)
+    while ancestor and ancestor != os.getpid():
+      ancestor = parents.get(ancestor)
+    if ancestor == os.getpid():
+      found.add(pid)
+  return found
+
+
+def test_no_process_outlives_a_batch():
+  """Forking, daemonising and session-escaping programs leave no process, of this batch's
+  uids or below this process, once run_batch returns (default workers)."""
+  say_uid = 'import os, sys, time\nsys.stderr.write("uid=%d\\n" % os.getuid())\nsys.stderr.flush()\n'
+  programs = [
+      say_uid + 'for _ in range(3):\n  if os.fork() == 0:\n    os.setsid()\n'
+      '    if os.fork() == 0:\n      time.sleep(3600)\n    os._exit(0)\ndef f():\n  return 1',
+      say_uid + 'for _ in range(5):\n  if os.fork() == 0:\n    time.sleep(3600)\n'
+      'def f():\n  return 1',
+      say_uid + 'while True:\n  try:\n    os.fork()\n  except OSError:\n    pass',
+      say_uid + 'import threading\nthreading.Thread(target=time.sleep, args=(3600,)).start()\n'
+      'if os.fork() == 0:\n  os.setpgid(0, 0)\n  time.sleep(3600)\ndef f():\n  return 1',
+  ]
+  before = _descendants()
+  results = Sandbox(SandboxConfig(wall_timeout_s=1.0)).run_batch([_job(p) for p in programs])
+  assert _descendants() <= before
+  if os.geteuid() != 0:
+    return  # the programs ran under this user's uid: the descendants are what can be told
+  uids = {int(m) for r in results for m in re.findall(r'uid=(\d+)', r.stderr_tail)}
+  assert len(uids) == len(programs), [(r.status, r.stderr_tail) for r in results]
+  left = [pid for pid in filter(str.isdigit, os.listdir('/proc'))
+          if _uid_of(pid) in uids]
+  assert left == []
+
+
+def _uid_of(pid: str) -> int:
+  try:
+    return os.stat(f'/proc/{pid}').st_uid
+  except OSError:
+    return -1
