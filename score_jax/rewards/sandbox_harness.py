@@ -6,10 +6,13 @@ session. It reads one job (JSON) from stdin, then, while it is still trusted cod
 1. isolates itself: a new network namespace and a new mount namespace with empty private
    ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (when it may), resource limits, and, when started as
    root, a throw-away uid/gid with no capabilities and ``no_new_privs``;
-2. snapshots what the tests will rely on (the builtins, the standard modules they name) and
-   installs an audit hook (it cannot be removed) that refuses frame and heap introspection,
-   ctypes, reads of ``/proc`` and starting other programs;
-3. runs the untrusted program, then the trusted setup and tests in a separate namespace.
+2. snapshots what the tests will rely on (the builtins, the standard modules they name and
+   what those reach) and installs an audit hook (it cannot be removed) that refuses frame and
+   heap introspection, ctypes, reads of ``/proc`` and starting other programs;
+3. runs the untrusted program, then the trusted setup and tests in a separate namespace, where
+   the program's functions are seen through wrappers that pass on only values built from builtin
+   types, and a guard (recorded in step 2) fails any test once the program has changed the
+   shared modules or classes the tests rely on (``_run_tests``).
 
 Each step is reported as one line ``<nonce> <words>`` on a file descriptor. The nonce is a
 per-run secret known only to the parent and to this process's memory, which the audit hook keeps
