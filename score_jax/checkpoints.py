@@ -16,33 +16,27 @@ Storage faults (docs/faults.md):
 
 * A step that cannot be read (its array files gone or cut short, its metadata missing)
   raises ``UnreadableCheckpoint``, whose one line names the step, its path and what is
-  missing (``check`` finds that from the files alone: the OCDBT manifest and B-tree say
-  which data files each array lives in). ``restore_newest`` then falls back to the next
-  older step; a step is never deleted.
+  missing (``check`` finds that from the files alone: ``score_jax.checkpoint_integrity``).
+  ``restore_newest`` then falls back to the next older step; a step is never deleted.
 * A save that fails (no space, no permission, a quota) raises ``StorageFault`` naming the
   step, the directory, the reason and the last good step; the steps saved before it are
   left as they were. An asynchronous save's failure is raised by the next ``save``,
   ``wait_until_finished`` or ``close``.
 * orbax logs every failed background write with a traceback, and the reads and writes still
-  in flight when one fails end in "Event loop is closed" errors; both are held back (the
-  error itself is raised once, as above).
+  in flight when one fails end in "Event loop is closed" errors; both are held back
+  (``score_jax.orbax_failures``: the error itself is raised once, as above).
 """
 
 from __future__ import annotations
 
-import collections
-import logging
 import os
-import re
-import sys
-import threading
-import warnings
 from typing import Any, Callable, TypeVar
 
 import orbax.checkpoint as ocp
 from etils import epath
 
-from score_jax import distributed, paths
+from score_jax import distributed, orbax_failures, paths
+from score_jax.checkpoint_integrity import first_line, step_problems
 from score_jax.training.errors import StorageFault, storage_reason
 from score_jax.training.steps import abstract_params_of
 
@@ -67,7 +61,7 @@ class Checkpointer:
       StorageFault: the directory cannot be created.
     """
     self.directory = paths.absolute(directory)  # A gs:// URL stays a URL.
-    _hold_back_orbax_failure_noise()
+    orbax_failures.hold_back_failure_noise()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     try:
@@ -121,7 +115,7 @@ class Checkpointer:
       self._raise_save_failure(step, e)
     if step is not None and step not in self.saved_steps():
       self._raise_save_failure(step, None)  # orbax logged a failure without raising it.
-    _held.clear()
+    orbax_failures.forget_held()
 
   def close(self, quietly: bool = False) -> None:
     """Waits for the save in flight and closes the manager.
@@ -148,14 +142,14 @@ class Checkpointer:
   def _raise_save_failure(self, step: int | None, error: BaseException | None):
     """Raises the one-line ``StorageFault`` of a failed save; any other error as it is."""
     if error is None:
-      reason = _held_orbax_error() or 'the save did not complete'
+      reason = orbax_failures.held_error() or 'the save did not complete'
     else:
       reason = storage_reason(error, any_os_error=True)
       if reason is None:
         raise error  # Not the storage's doing: a bug, with its traceback.
     self.failed = True
-    _after_orbax_failure()
-    _release_orbax_waiters()
+    orbax_failures.after_failure()
+    orbax_failures.release_waiters()
     try:
       saved = [s for s in self.saved_steps() if s != step]
     except Exception:  # pylint: disable=broad-except  # The directory itself is gone.
@@ -245,16 +239,7 @@ class Checkpointer:
     data): every data file they point to must be there and long enough. A checkpoint that
     passes can still fail to read (a flipped bit); one that fails cannot be restored.
     """
-    step_dir = epath.Path(self.step_path(step))
-    problems = []
-    try:
-      has_reference = bool(self._read_meta(step).get('has_reference'))
-    except Exception as e:  # pylint: disable=broad-except
-      problems.append(f'meta: {storage_reason(e, any_os_error=True) or _first_line(e)}')
-      has_reference = (step_dir / 'reference').exists()
-    for item in ('state', 'reference') if has_reference else ('state',):
-      problems += _array_item_problems(step_dir / item, item, local=not paths.is_url(step_dir))
-    return '; '.join(problems) or None
+    return step_problems(self.step_path(step), lambda: self._read_meta(step))
 
   def restore_newest(self, read: Callable[[int], T], log: Callable[[str], None] = print,
                      set_aside: bool = True) -> tuple[int, T]:
@@ -337,7 +322,7 @@ class Checkpointer:
     what = self.check(step) or storage_reason(error, any_os_error=True)
     if what is None:
       return error
-    _after_orbax_failure()
+    orbax_failures.after_failure()
     return UnreadableCheckpoint(step, self.step_path(step), what)
 
   def _set_aside(self, step: int) -> str:
@@ -355,7 +340,7 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           raise StorageFault(
               f'Checkpoint step {step} at {source} cannot be read and could not be moved '
-              f'aside ({storage_reason(e, any_os_error=True) or _first_line(e)}); move or '
+              f'aside ({storage_reason(e, any_os_error=True) or first_line(e)}); move or '
               f'delete it, then rerun the same command.') from e
     return str(target)
 
@@ -400,180 +385,3 @@ def restore_models(experiment, checkpointer: Checkpointer, step: int | None = No
   reference = (checkpointer.restore_params(target, step, reference=True)
                if with_reference and has_reference else None)
   return params, reference
-
-
-# ---- what an OCDBT item's files must hold --------------------------------------------------
-
-# "btreenode:<base path>:<file>:<offset>:<length>" or "value:...": where the manifest and
-# B-tree nodes of an OCDBT database put a node or an array chunk.
-_LOCATION = re.compile(r'^(btreenode|value):([^:]*):([^:]+):(\d+):(\d+)$')
-_NODES = ''  # The "array" of a B-tree node's location.
-
-
-def _array_item_problems(item_dir: epath.Path, item: str, local: bool) -> list[str]:
-  """What is missing from one array item (``state``, ``reference``) of a step.
-
-  Only a file that is absent or shorter than the manifest says counts; where the manifest
-  cannot be parsed (another layout, a store TensorStore cannot reach) nothing is reported
-  and the read itself decides.
-  """
-  if not item_dir.exists():
-    return [f'{item}/ is missing']
-  if not (item_dir / 'manifest.ocdbt').exists():
-    if any(p.name.startswith('ocdbt.process_') for p in item_dir.iterdir()):
-      return [f'{item}/manifest.ocdbt is missing']
-    return []
-  try:
-    import tensorstore as ts  # pylint: disable=g-import-not-at-top  # orbax's own.
-    url = str(item_dir).rstrip('/') + '/'
-    store = ts.KvStore.open(url if '://' in url else f'file://{url}').result()
-    manifest = ts.ocdbt.dump(store).result()
-    pending = [(version['root']['location'], None) for version in manifest['versions'][-1:]
-               if 'location' in version.get('root', {})]
-  except Exception:  # pylint: disable=broad-except
-    return [f'{item}/manifest.ocdbt cannot be read'] if local else []
-  sizes: dict[str, int | None] = {}
-  missing: dict[str, set[str]] = collections.defaultdict(set)
-  unreadable_nodes = []
-  while pending:
-    location, key = pending.pop()
-    match = _LOCATION.match(location)
-    if not match:
-      continue
-    kind, base, name, offset, length = match.groups()
-    relative = os.path.join(base, name)
-    if relative not in sizes:
-      path = item_dir / relative
-      sizes[relative] = path.stat().length if path.exists() else None
-    size = sizes[relative]
-    array = key.decode(errors='replace').split('/')[0] if key else _NODES
-    if size is None or size < int(offset) + int(length):
-      missing[relative].add(array)
-    elif kind == 'btreenode':
-      try:
-        pending += list(_locations(ts.ocdbt.dump(store, location).result()))
-      except Exception:  # pylint: disable=broad-except
-        if local:
-          unreadable_nodes.append(relative)
-  problems = []
-  if missing:
-    files = sorted(missing)
-    arrays = sorted(set().union(*missing.values()) - {_NODES})
-    held = [f'{_some(arrays, "array")}'] if arrays else []
-    if any(_NODES in a for a in missing.values()):
-      held.append('B-tree nodes')
-    problems.append(f'{item}: {len(files)} of {len(sizes)} data files missing or cut short '
-                    f'({_some(files, "file")}), holding {" and ".join(held)}')
-  if unreadable_nodes:
-    problems.append(f'{item}: B-tree nodes in {_some(unreadable_nodes, "file")} cannot be read')
-  return problems
-
-
-def _locations(node, key: bytes | None = None):
-  """Every (location, key) a dumped manifest or B-tree node points to."""
-  if isinstance(node, dict):
-    key = node.get('key', key)
-    for value in node.values():
-      yield from _locations(value, key)
-  elif isinstance(node, list):
-    for value in node:
-      yield from _locations(value, key)
-  elif isinstance(node, str) and _LOCATION.match(node):
-    yield node, key if isinstance(key, bytes) else None
-
-
-def _some(names: list[str], noun: str, show: int = 2) -> str:
-  """``a, b and 4 more <noun>s``: a list that stays short on one line."""
-  more = len(names) - show
-  return ', '.join(names[:show]) + (
-      f' and {more} more {noun}{"s" if more > 1 else ""}' if more > 0 else '')
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return (text[0][:200] if text else '') or type(error).__name__
-
-
-# ---- orbax's echoes of a failure -------------------------------------------------------------
-
-_ORBAX_DIR = os.path.dirname(ocp.__file__)
-_held = collections.deque(maxlen=8)  # orbax ERROR lines held back, newest last.
-_installed = False
-
-
-class _HoldOrbaxErrors(logging.Filter):
-  """Keeps orbax's ERROR records off stderr: each failed background write is logged (with a
-  traceback) by the thread that hit it, and raised again where the save is waited for."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.ERROR and record.pathname.startswith(_ORBAX_DIR):
-      _held.append((record.getMessage().strip().splitlines() or [''])[0])
-      return False
-    return True
-
-
-def _held_orbax_error() -> str | None:
-  for line in reversed(_held):
-    reason = storage_reason(RuntimeError(line))
-    if reason:
-      return reason
-  return None
-
-
-def _is_orbax_echo(unraisable) -> bool:
-  """An error nobody can catch that only echoes an orbax read or write that already failed:
-  a callback into the closed event loop of the failed operation, or one of its coroutines
-  dropped unfinished."""
-  error = unraisable.exc_value
-  if isinstance(error, RuntimeError) and 'Event loop is closed' in str(error):
-    return True
-  code = getattr(unraisable.object, 'cr_code', None)
-  return code is not None and code.co_filename.startswith(_ORBAX_DIR)
-
-
-def _after_orbax_failure() -> None:
-  """Once a read or write failed, the coroutines of its siblings are dropped unawaited; each
-  would warn at exit (other coroutines than orbax's cannot be told apart there)."""
-  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
-                          category=RuntimeWarning)
-
-
-def _release_orbax_waiters() -> None:
-  """Ends the background threads of a failed save that wait for a step which will not come.
-
-  orbax runs a save as threads that each wait for the signal of the one before (the step
-  directory created, the arrays written); when one fails, the others wait out the
-  coordination timeout (5 minutes), and as they are not daemons the process cannot exit
-  before. Each is cancelled and its signals set, so that it returns at once. (orbax
-  internals: where they differ, nothing is done and the wait is only longer.)
-  """
-  # pylint: disable=protected-access
-  try:
-    from orbax.checkpoint._src.futures import future  # pylint: disable=g-import-not-at-top
-    waiting = [t for t in threading.enumerate()
-               if isinstance(t, future._SignalingThread) and t.is_alive()]
-    for thread in waiting:
-      thread.cancel()
-      future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
-  except Exception:  # pylint: disable=broad-except
-    pass
-  # pylint: enable=protected-access
-
-
-def _hold_back_orbax_failure_noise() -> None:
-  global _installed
-  if _installed:
-    return
-  _installed = True
-  logging.getLogger('absl').addFilter(_HoldOrbaxErrors())
-  # "Task exception was never retrieved": a read that failed after another had already
-  # failed the restore.
-  logging.getLogger('asyncio').addFilter(
-      lambda record: not (record.levelno >= logging.ERROR and _ORBAX_DIR in record.getMessage()))
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _is_orbax_echo(unraisable):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
