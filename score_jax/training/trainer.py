@@ -13,12 +13,13 @@ checked, in that order (``_after_step``). An RL step samples two attempts per pr
 samples per prompt) with the jitted rollout, scores both on the host, and updates
 (reference log-probs, stage rule, REINFORCE or PPO).
 
-On resume (``_restore``): 1. the run's progress (phase, step, base evaluation) from the
-checkpoint's metadata, 2. the train state into the phase's optimizer layout and the frozen
-reference, 3. the metrics file cut back to the restored step; data positions follow from
-the step index, so the resumed run continues exactly where the saved one was. A step that
-cannot be read is passed over for the next older one (with a warning) and set aside, never
-deleted; a save that fails stops the run with ``StorageFault`` (docs/faults.md).
+On resume: 1. the run's progress (phase, step, base evaluation) from the checkpoint's
+metadata, 2. the train state into the phase's optimizer layout and the frozen reference,
+3. the metrics file cut back to the restored step; data positions follow from the step
+index, so the resumed run continues exactly where the saved one was. A step that cannot be
+read is passed over for the next older one (with a warning) and set aside, never deleted; a
+save that fails stops the run with ``StorageFault`` (docs/faults.md). Reading and writing
+the checkpoints, and reporting a storage fault, are ``score_jax.training.persistence``'s.
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ from score_jax.model import abstract_params, cast_floating
 from score_jax.sampling import SamplingParams
 from score_jax.training import self_sft
 from score_jax.training.batches import encode_traces, rl_examples
-from score_jax.training.errors import (Diverged, InvalidRun, Preempted, StorageFault,
-                                       storage_reason)
+from score_jax.training.errors import Preempted
 from score_jax.training.evaluation import Evaluator
 from score_jax.training.experiment import Experiment
+from score_jax.training.persistence import RunCheckpoints
 from score_jax.training.phases import Phase
 from score_jax.training.progress import ProgressLog, RunProgress
 from score_jax.training.runners import RLRunner, SFTRunner, collect_self_sft_traces
 from score_jax.training.scoring import BatchRows, RolloutScorer
-from score_jax.training.steps import (abstract_train_state, make_create_state, make_optimizer,
-                                      make_rl_step, make_sft_step, rl_settings)
+from score_jax.training.steps import (make_create_state, make_optimizer, make_rl_step,
+                                      make_sft_step, rl_settings)
 from score_jax.writers import MetricWriter
 
 
@@ -102,6 +103,7 @@ class Trainer:
     self.checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      max_to_keep=c.checkpoint.max_to_keep,
                                      async_save=c.checkpoint.async_save)
+    self.checkpoints = RunCheckpoints(self.checkpointer, c, phases, self.train_model, self._log)
     self.known_base_eval = base_eval
     self.progress = RunProgress(schedule=c.schedule)
     self.reference = None  # Frozen at the start of the first phase after the warm start.
@@ -124,32 +126,21 @@ class Trainer:
     """
     previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
     try:
-      summary = self._run()
-    except StorageFault as e:
-      self._close(quietly=True)  # The first fault is the one reported.
-      if e.says_resume_step:
-        raise
-      raise StorageFault(f'{e} {self._last_good_checkpoint()}', says_resume_step=True) from e
-    except OSError as e:  # The summary, the plot or the evaluation samples.
-      self._close(quietly=True)
-      reason = storage_reason(e)
-      if reason is None:
-        raise
-      raise StorageFault(f'Could not write to {self.workdir}: {reason}. '
-                         f'{self._last_good_checkpoint()}', says_resume_step=True) from e
-    except BaseException:
-      self._close(quietly=True)
-      raise
+      summary = self.checkpoints.report_storage_faults(
+          self._run, self.workdir, close=lambda: self.checkpoints.close(self.writer, True))
     finally:
       signal.signal(signal.SIGTERM, previous_handler)
-    self._close()
+    self.checkpoints.close(self.writer)
     return summary
 
   def _run(self) -> dict:
     start = time.perf_counter()
     try:
       resumed = bool(self.checkpointer.all_steps())
-      state = self._restore() if resumed else None
+      state = None
+      if resumed:
+        self.progress, state, self.reference = self.checkpoints.restore()
+        self.params = state.params
       self.writer = MetricWriter(self.workdir, enabled=self.is_main_process,
                                  resume_step=self.progress.global_step if resumed else None)
       self.progress_log.start_run()
@@ -168,21 +159,6 @@ class Trainer:
       step = self.checkpointer.latest_step()
       raise Preempted(f'Preempted (SIGTERM): saved a checkpoint at step {step}; rerun the '
                       f'same command to resume.') from None
-
-  def _close(self, quietly: bool = False) -> None:
-    """Waits for the save in flight and closes the checkpointer and the metric writer.
-
-    Args:
-      quietly: an error is on its way up; one of closing (the same full disk) is dropped.
-    """
-    try:
-      self.checkpointer.close(quietly=quietly)
-    finally:
-      try:
-        self.writer.close()
-      except StorageFault:
-        if not quietly:
-          raise
 
   def _run_phase(self, phase: Phase, state) -> None:
     c, progress = self.config, self.progress
@@ -214,7 +190,8 @@ class Trainer:
     c, progress = self.config, self.progress
     loss = metrics['train/loss']
     if not math.isfinite(loss):
-      self._diverged(f'a loss of {loss} at step {progress.global_step} (phase {phase.kind})')
+      self.checkpoints.diverged(
+          f'a loss of {loss} at step {progress.global_step} (phase {phase.kind})')
     progress.phase_step += 1
     progress.global_step += 1
     self.params = state.params
@@ -313,69 +290,8 @@ class Trainer:
     return encode_traces(self.exp, [traces[i] for i in order], drop_too_long=True,
                          log=self._log)
 
-  # ---- checkpoints -----------------------------------------------------------------------
-
-  def _restore(self):
-    """Resumes from the newest checkpoint that can be read; returns its train state.
-
-    A newer step that cannot be read is reported and set aside (``Checkpointer.
-    restore_newest``): the run goes on from the older one and saves those steps again.
-    """
-    step, (progress, state, reference) = self.checkpointer.restore_newest(
-        self._read_checkpoint, log=self._log)
-    self.progress, self.reference, self.params = progress, reference, state.params
-    phase = self.phases[progress.phase_index]
-    self._log(f'Resumed from step {step} (phase {phase.kind}, '
-              f'{progress.phase_step}/{phase.steps} done).')
-    return state
-
-  def _read_checkpoint(self, step: int):
-    """(progress, train state, reference or None) of a checkpoint step.
-
-    Raises:
-      UnreadableCheckpoint: the step's files are damaged.
-      InvalidRun: it was written by a run of another schedule.
-    """
-    meta = self.checkpointer.read_meta(step)
-    if meta['schedule'] != self.config.schedule:
-      raise InvalidRun(
-          f'The checkpoint in {self.checkpointer.directory} was written with schedule '
-          f'{meta["schedule"]!r} but the config says {self.config.schedule!r}; use a new '
-          f'--workdir or the same schedule.')
-    progress = RunProgress.from_meta(meta)
-    phase = self.phases[progress.phase_index]
-    tx = make_optimizer(phase.config_section(self.config).optimizer, phase.steps)
-    target = abstract_train_state(self.train_model, tx)
-    state, reference, _ = self.checkpointer.restore(
-        target, target.params if meta['has_reference'] else None, step)
-    return progress, state, reference
-
   def _save(self, state) -> None:
-    step = self.progress.global_step
-    if self.checkpointer.latest_step() == step:
-      return  # Already saved at this step (e.g. a SIGTERM right after a scheduled save).
-    if not _all_finite(state.params):
-      self._diverged(f'non-finite parameters at step {step}')
-    meta = dict(self.progress.to_meta(), has_reference=self.reference is not None,
-                config=json.loads(self.config.to_json_best_effort()))
-    self.checkpointer.save(step, state, meta, reference=self.reference)
-
-  def _diverged(self, what: str) -> None:
-    """Stops without saving: the newest checkpoint on disk stays the last good one."""
-    self.checkpointer.wait_until_finished()
-    latest = self.checkpointer.latest_step()
-    raise Diverged(
-        f'Training diverged ({what}); stopping. The last good checkpoint is '
-        f'{"step " + str(latest) if latest is not None else "none"} in '
-        f'{self.checkpointer.directory}. Lower the learning rate or raise the KL weight.')
-
-  def _last_good_checkpoint(self) -> str:
-    """Which checkpoint a rerun resumes from, as a sentence."""
-    latest = max(self.checkpointer.saved_steps(), default=None)
-    if latest is None:
-      return 'No checkpoint was saved; rerun the same command once the disk is fixed.'
-    return (f'The last good checkpoint is step {latest} in {self.checkpointer.directory}; '
-            f'rerun the same command to resume from it once the disk is fixed.')
+    self.checkpoints.save(self.progress, state, self.reference)
 
   # ---- preemption, evaluation, output ----------------------------------------------------
 
@@ -434,12 +350,3 @@ def _sampling_layout_fn(train_model, sample_model):
   return jax.jit(lambda p: cast_floating(p, compute),
                  out_shardings=sample_model.mesh_rules.shardings(axes, shapes))
 
-
-@jax.jit
-def _all_finite_device(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _all_finite(tree) -> bool:
-  # One module-level jit: compiled once per parameter structure, not at every save.
-  return bool(_all_finite_device(tree))
