@@ -139,6 +139,15 @@ def test_only_inputs_built_by_program_classes_are_unchecked():
   assert all(e.unchecked == () for e in mbpp.load_split('all', ''))
 
 
+def _readable_in_the_sandbox(path):
+  """False where the sandbox's own empty /tmp, /var/tmp or /dev/shm covers the path anyway (a
+  clone under /tmp, as in CI): there the cheats below fail with nothing hidden too, so only the
+  default's hiding can be checked, not the cheat's success without it."""
+  path = os.path.realpath(path)
+  return not any(path == top or path.startswith(top + os.sep)
+                 for top in ('/tmp', '/var/tmp', '/dev/shm'))
+
+
 # A HumanEval/53 completion that looks its canonical solution up in the dataset file.
 _LOOK_UP_THE_ANSWER = '''    import gzip, json
     with gzip.open({path!r}, 'rt') as f:
@@ -176,8 +185,9 @@ def test_humaneval_shaped_hacks_do_not_pass(humaneval):
   cheat = _LOOK_UP_THE_ANSWER.format(path=data_file)
   hidden = task.run_batch([example], [cheat])[0]
   assert hidden.status == Status.FAILED and 'FileNotFoundError' in hidden.detail, hidden.detail
-  open_task = tasks.get_task('humaneval', hide_paths=())  # the same cheat, nothing hidden
-  assert open_task.run_batch([example], [cheat])[0].passed
+  if _readable_in_the_sandbox(data_file):
+    open_task = tasks.get_task('humaneval', hide_paths=())  # the same cheat, nothing hidden
+    assert open_task.run_batch([example], [cheat])[0].passed
 
 
 def test_the_mbpp_file_is_hidden_by_default():
@@ -193,8 +203,12 @@ def test_the_mbpp_file_is_hidden_by_default():
            '      exec(record["code"], namespace)\n'
            '      return namespace["sum_of_squares"](n)')
   result = task.run_batch([example], [cheat])[0]
-  assert result.status == Status.FAILED and 'AssertionError' in result.detail, result.detail
-  assert tasks.get_task('mbpp', path=path, hide_paths=()).run_batch([example], [cheat])[0].passed
+  # Hidden, the file reads as empty (the answer is never found); under a private /tmp, it is gone.
+  expected = 'AssertionError' if _readable_in_the_sandbox(path) else 'FileNotFoundError'
+  assert result.status == Status.FAILED and expected in result.detail, result.detail
+  if _readable_in_the_sandbox(path):
+    open_task = tasks.get_task('mbpp', path=path, hide_paths=())
+    assert open_task.run_batch([example], [cheat])[0].passed
 
 
 def test_results_checking_is_a_task_option():
