@@ -197,13 +197,15 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
                                          trace_options=ml_collections.ConfigDict()))
   # stage2_beta_attempt1: Stage II's KL weight on attempt 1 (0: beta1, the paper's).
+  # stage2_base_first_attempts: the share of Stage II's prompts whose first attempts are the
+  # base model's samples (the paper's state coverage; 0: none; training/runners.py).
   # stage_learning_rate.<kind>: that RL phase's own peak learning rate (0: rl.optimizer's).
   # attempt_grad_norms: also log the gradient norm of each attempt's term (a second backward
   # pass; the diagnostics of docs/stage2.md).
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, stage2_beta_attempt1=0.0,
-      kl_estimator='k3', baseline='rloo',
+      stage2_base_first_attempts=0.0, kl_estimator='k3', baseline='rloo',
       normalize_std=False, shaping_baseline='all_samples', optimizer=optimizer_config(5e-6),
       stage_learning_rate=ml_collections.ConfigDict(dict(stage1=0.0, stage2=0.0,
                                                          single_turn=0.0)),
@@ -257,6 +259,10 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   for name in ('alpha', 'beta1', 'beta2', 'stage2_beta_attempt1'):
     if getattr(rl, name) < 0:
       raise ValueError(f'rl.{name} must be >= 0; got {getattr(rl, name)}.')
+  if not 0 <= rl.stage2_base_first_attempts < 1:
+    raise ValueError(f'rl.stage2_base_first_attempts is the share of Stage II\'s prompts whose '
+                     f'first attempts are the base model\'s: it must be in [0, 1); got '
+                     f'{rl.stage2_base_first_attempts}.')
   for kind, rate in rl.stage_learning_rate.items():
     if rate < 0:
       raise ValueError(f'rl.stage_learning_rate.{kind} must be >= 0 (0: rl.optimizer\'s); '

@@ -185,6 +185,25 @@ def test_stage2_with_the_baseline_of_the_same_first_outcome():
   with pytest.raises(ValueError, match="Unknown shaping baseline 'both'"):
     RLSettings('stage2', shaping_baseline='both')
 
+def test_stage2_rows_with_a_replayed_first_attempt_train_only_attempt_2():
+  """State coverage: the first pair's attempt 1 came from the base model. Its tokens carry no
+  policy gradient and no KL; its attempt 2 keeps the shaped advantage (taken against that
+  attempt's reward); the other pair is untouched."""
+  settings = RLSettings('stage2', alpha=10.0, beta1=0.01, num_samples=2)
+  segments = jnp.asarray([SEGMENT_ROW] * 4)
+  plain = stage_token_weights(settings, R1, R2, segments)
+  replayed = stage_token_weights(settings, R1, R2, segments,
+                                 jnp.asarray([True, True, False, False]))
+  a1, a2 = slice(3, 5), slice(7, 9)
+  assert not bool(replayed.pg_mask[:2, a1].any())
+  assert float(jnp.abs(replayed.advantages[:2, a1]).sum()) == 0
+  assert float(replayed.kl_weights[:2, a1].sum()) == 0
+  np.testing.assert_allclose(replayed.advantages[:, a2], plain.advantages[:, a2])  # 21, −21, …
+  np.testing.assert_array_equal(replayed.pg_mask[:, a2], plain.pg_mask[:, a2])
+  for name in ('advantages', 'pg_mask', 'kl_weights'):
+    np.testing.assert_array_equal(getattr(replayed, name)[2:], getattr(plain, name)[2:])
+
+
 def test_stage2_without_shaping_and_single_turn():
   w = rule('stage2', alpha=0.0)
   np.testing.assert_allclose(w.advantages[:, 7], [1.0, -1.0, 1.0, -1.0])

@@ -12,8 +12,8 @@ from helpers import make_model
 from score_jax import sharding
 from score_jax.compilation import count_compilations
 from score_jax.model import Decoder, token_logprobs
-from score_jax.sampling import (ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT, RolloutSpec,
-                                SamplingParams, make_rollout_fn, pack_prompts)
+from score_jax.sampling import (ATTEMPT1, ATTEMPT2, INSTRUCTION, PAD, PROMPT, FirstAttempts,
+                                RolloutSpec, SamplingParams, make_rollout_fn, pack_prompts)
 
 PROMPTS = [[11, 12, 13], [21, 22, 23, 24, 25, 26], [31], [41, 42, 43, 44]]
 INSTRUCTION_TOKENS = (7, 8, 9)
@@ -275,6 +275,41 @@ def test_rollout_in_row_chunks_equals_the_whole_batch():
   with pytest.raises(ValueError, match=r'row_chunks \(3\) must divide the batch \(8 rows\)'):
     make_rollout_fn(model, dataclasses.replace(spec, row_chunks=3))(
         params, tokens, valid, jax.random.key(4), SamplingParams.greedy())
+
+
+@pytest.mark.parametrize('row_chunks', [1, 2])
+def test_rows_that_replay_another_models_first_attempt(row_chunks):
+  """State coverage: rows given another model's attempt 1 hold exactly those tokens, their
+  recorded log-probs and attempt 2 are this model's given that attempt (equal to a full
+  forward, and to the cache-free greedy reference), and the other rows sample as before."""
+  model, params, spec = model_and_spec('tiny')
+  spec = dataclasses.replace(spec, row_chunks=row_chunks)
+  other = make_model('tiny', seed=7)[1]
+  tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
+  greedy = SamplingParams.greedy()
+  rollout_fn = make_rollout_fn(model, spec)
+  theirs = rollout_fn(other, tokens, valid, jax.random.key(5), greedy)
+  ours = rollout_fn(params, tokens, valid, jax.random.key(5), greedy)
+  slot = slice(spec.attempt1_start, spec.attempt1_start + spec.attempt1_len)
+  rows = jnp.asarray([True, False, True, False])
+  mixed = rollout_fn(params, tokens, valid, jax.random.key(5), greedy,
+                     FirstAttempts(tokens=theirs.tokens[:, slot], rows=rows))
+  for row, prompt in enumerate(PROMPTS):
+    if rows[row]:
+      first = attempt_tokens(theirs, row, ATTEMPT1)
+      assert first != attempt_tokens(ours, row, ATTEMPT1), row  # the replay is visible
+      assert attempt_tokens(mixed, row, ATTEMPT1) == first, row
+      ours_given = greedy_reference(model, params, list(prompt) + first + list(
+          INSTRUCTION_TOKENS), (), spec.attempt2_len, 0, spec.stop_tokens)[0]
+      assert attempt_tokens(mixed, row, ATTEMPT2) == ours_given, row
+    else:
+      for name in ('tokens', 'valid', 'positions', 'segments', 'stopped'):
+        np.testing.assert_array_equal(getattr(mixed, name)[row], getattr(ours, name)[row])
+  recomputed = jax.jit(token_logprobs, static_argnums=0)(model, params, mixed.tokens,
+                                                         mixed.positions, mixed.valid)
+  attempts = np.isin(np.asarray(mixed.segments), [ATTEMPT1, ATTEMPT2])
+  np.testing.assert_allclose(np.asarray(mixed.logprobs)[attempts],
+                             np.asarray(recomputed)[attempts], atol=1e-4)
 
 
 def test_packed_trajectories_match_the_sampled_layout():

@@ -190,6 +190,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     ({'rollout.decode_block_len': -1}, r'rollout.decode_block_len must be >= 0'),
     ({'rl.alpha': -1.0}, r'rl.alpha must be >= 0; got -1.0'),
     ({'rl.beta2': -0.1}, r'rl.beta2 must be >= 0; got -0.1'),
+    ({'rl.stage2_base_first_attempts': 1.0}, r"rl.stage2_base_first_attempts is the share .* "
+                                             r"must be in \[0, 1\); got 1.0"),
     ({'rl.optimizer.learning_rate': -1e-4}, r'rl.optimizer.learning_rate must be positive'),
     ({'sft.optimizer.learning_rate': 0.0}, r'sft.optimizer.learning_rate must be positive'),
     ({'rollout.temperature': 0.0}, r'rollout.temperature is 0 \(greedy\), but phases '
@@ -278,6 +280,45 @@ def test_sigterm_during_the_base_evaluation_saves_and_resumes(tmp_path):
   summary = Trainer(config, workdir, phases, experiment).run()
   assert summary['steps'] == 6 and summary['base'] is not None
   assert summary['base']['num_problems'] == 32
+
+
+@pytest.mark.slow
+def test_stage2_with_base_model_first_attempts(tmp_path):
+  """State coverage: half of each Stage II batch's prompts replay a first attempt sampled by
+  the reference (base) model; the rollouts hold exactly those tokens, the replayed rows get
+  metrics of their own, and no step after the first compiles anything."""
+  from score_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = smoke_config(schedule='sft:4,stage2:3', **{
+      'eval.num_problems': 16, 'eval.batch_size': 8, 'rl.stage2_base_first_attempts': 0.5})
+  phases = config_lib.validate_train_config(config)
+  workdir = str(tmp_path)
+  trainer = Trainer(config, workdir, phases, Experiment.from_config(config, workdir))
+  scorer = trainer.scorers[True]
+  sample, seen = scorer.sample, []
+
+  def sample_and_keep(*args, **kwargs):
+    batch = sample(*args, **kwargs)
+    if kwargs.get('first_attempts') is not None:
+      seen.append((kwargs['first_attempts'], batch))
+    return batch
+
+  scorer.sample = sample_and_keep
+  trainer.run()
+  assert len(seen) == 3
+  spec = scorer.spec
+  slot = slice(spec.attempt1_start, spec.attempt1_start + spec.attempt1_len)
+  for first, batch in seen:
+    rows = np.asarray(first.rows)
+    assert rows.tolist() == [True] * 8 + [False] * 8  # the first 2 of 4 prompts, 4 samples each
+    np.testing.assert_array_equal(np.asarray(batch.rollout.tokens)[rows, slot],
+                                  np.asarray(first.tokens)[rows])
+  records = [r for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+             if r.get('phase') == 'stage2' and 'train/loss' in r]
+  assert len(records) == 3
+  for record in records:
+    assert 0 <= record['train_replayed/reward_t1'] <= 1 and 0 <= record['train/reward_t1'] <= 1
+  counts = [r['train/compilations'] for r in records]
+  assert counts[0] >= 1 and counts[1:] == [0, 0], counts
 
 
 def test_the_eta_sums_each_remaining_phase_at_its_own_rate(monkeypatch):

@@ -17,6 +17,11 @@ Single-turn RL (a baseline): attempt-1 tokens get A(r1) and β1; attempt 2 is un
 The paper's ablations are settings of these rules: Stage II without Stage I is a schedule
 without ``stage1``; "no reward shaping" is Stage II with α = 0.
 
+State coverage (the paper's "offline first turns", Section 5): rows in ``replayed_first`` hold
+an attempt 1 the policy did not sample (the base model's). Their attempt-1 tokens get no
+policy gradient and no KL term; their attempt 2, sampled by the policy after that attempt,
+trains as any other, with the shaping bonus taken against the replayed attempt's reward.
+
 Stage II's attempt-2 baseline. Attempt-2 tokens are sampled after attempt 1, so the bonus's
 −α·r1 part is a constant of their context: its expected policy gradient is zero, and in
 expectation the shaped reward trains attempt 2 on (1 + α)·r2. With a baseline over all of a
@@ -55,8 +60,8 @@ def shaped_second_reward(r1: Array, r2: Array, alpha: float) -> Array:
   return r2 + alpha * (r2 - r1)
 
 
-def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
-                        segments: Array) -> TokenWeights:
+def stage_token_weights(settings: RLSettings, r1: Array, r2: Array, segments: Array,
+                        replayed_first: Array | None = None) -> TokenWeights:
   """Turns per-row rewards [B] and segment ids [B, T] into per-token weights.
 
   Args:
@@ -64,6 +69,8 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
       and the advantage estimator (``num_samples``, ``baseline``, ``normalize_std``).
     r1, r2: [B] rewards of attempt 1 and attempt 2 (r2 is ignored by 'single_turn').
     segments: [B, T] segment ids of the rollout.
+    replayed_first: [B] bool, rows whose attempt 1 was replayed, not sampled by the policy
+      (None: none).
   """
   stage, alpha = settings.stage, settings.alpha
   beta1, beta2 = settings.beta1, settings.beta2
@@ -92,5 +99,10 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array,
     advantages = jnp.where(in_attempt1, advantage(r1), zeros)
     pg_mask = in_attempt1
     kl_weights = jnp.where(in_attempt1, beta1, 0.0)
+  if replayed_first is not None:
+    not_sampled = in_attempt1 & replayed_first[:, None]
+    advantages = jnp.where(not_sampled, 0.0, advantages)
+    pg_mask = pg_mask & ~not_sampled
+    kl_weights = jnp.where(not_sampled, 0.0, kl_weights)
   return TokenWeights(advantages=advantages.astype(jnp.float32), pg_mask=pg_mask,
                       kl_weights=kl_weights.astype(jnp.float32))

@@ -21,6 +21,9 @@ decode attempt 2. Attention reads every slot of the cache, so the cache holds on
 reached so far and those of the current decode block (an attempt is one block unless
 ``RolloutSpec.decode_block_len`` is set): it grows before each block, and before the
 instruction by the instruction's slots and attempt 2's first block.
+With ``first_attempts``, chosen rows replay a given attempt 1 (e.g. the base model's, SCoRe's
+state coverage) instead of sampling it: the loop feeds the given tokens, so the cache, the
+recorded log-probs and attempt 2 are this model's, conditioned on that attempt.
 The sampler runs the weights in the compute dtype, with unrolled layers (see
 ``model.for_decoding``). Each sampled token's fp32 log-probability under the model
 (untempered, unfiltered: the quantity the trainer recomputes) is recorded.
@@ -41,6 +44,15 @@ from score_jax.sharding import constrain, map_row_chunks
 from score_jax.trajectory import PAD, Rollout, RolloutSpec
 
 Array = jax.Array
+
+
+@flax.struct.dataclass
+class FirstAttempts:
+  """Attempts 1 to replay in a rollout instead of sampling them."""
+
+  tokens: Array  # [B, spec.attempt1_len] int32: an attempt-1 slot (e.g. of another rollout).
+  rows: Array  # [B] bool: the rows that replay their ``tokens``; the others sample.
+
 
 @flax.struct.dataclass
 class _DecodeState:
@@ -63,11 +75,14 @@ def _set_column(x: Array, column: Array, value: Array) -> Array:
 
 def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, logits: Array,
                     next_position: Array, start_slot: int, length: int, rng: Array,
-                    sampling: SamplingParams) -> _DecodeState:
+                    sampling: SamplingParams,
+                    replay: FirstAttempts | None = None) -> _DecodeState:
   """Samples up to ``length`` tokens per row into cache slots [start_slot, start_slot + L).
 
   One ``lax.while_loop`` per decode block (``spec.decode_blocks``); before each, the cache
   grows to the block's last slot, so ``cache`` may end anywhere up to the first block's end.
+  Rows of ``replay.rows`` take ``replay.tokens`` instead of sampling (they stop where those
+  hold a stop token).
   """
   batch = logits.shape[0]
   stop_tokens = jnp.asarray(spec.stop_tokens, jnp.int32)
@@ -80,6 +95,9 @@ def _decode_attempt(model: Decoder, params, spec: RolloutSpec, cache: KVCache, l
       in_vocab = jnp.arange(choosable.shape[-1]) < spec.vocab_size
       choosable = jnp.where(in_vocab, choosable, -jnp.inf)
     token = select_tokens(choosable, jax.random.fold_in(rng, state.step), sampling, spec.top_k)
+    if replay is not None:
+      given = jax.lax.dynamic_index_in_dim(replay.tokens, state.step, axis=1, keepdims=False)
+      token = jnp.where(replay.rows, given.astype(token.dtype), token)
     token = jnp.where(active, token, spec.pad_id)
     # log p(token) = logit(token) - logsumexp(logits), without a [B, V] log-softmax array.
     token_logit = jnp.take_along_axis(state.logits, token[:, None], axis=-1)[:, 0]
@@ -136,7 +154,8 @@ def _prefill(model: Decoder, params, cache: KVCache, tokens: Array, positions: A
 
 
 def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_valid: Array,
-            rng: Array, sampling: SamplingParams) -> Rollout:
+            rng: Array, sampling: SamplingParams,
+            first_attempts: FirstAttempts | None = None) -> Rollout:
   """Samples attempt 1 (and, with two turns, the instruction and attempt 2) for a batch.
 
   Args:
@@ -148,6 +167,8 @@ def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_va
     rng: PRNG key; split per decoded step (and first per row chunk, so that a chunked
       rollout samples other tokens than an unchunked one; greedy decoding is the same).
     sampling: temperature and top-p (arrays: changing them does not recompile).
+    first_attempts: rows that replay a given attempt 1 instead of sampling it (None: all
+      sample; which rows replay is an array, so changing it does not recompile).
 
   Returns:
     A ``Rollout`` with [B, spec.total_len] arrays.
@@ -158,17 +179,20 @@ def rollout(model: Decoder, spec: RolloutSpec, params, prompts: Array, prompt_va
   model, params = for_decoding(model, params)
   batch, chunks = prompts.shape[0], spec.row_chunks
   if chunks == 1:  # The same program as before row chunks existed (and the same samples).
-    return _rollout_rows(model, spec, params, prompts, prompt_valid, rng, sampling)
+    return _rollout_rows(model, spec, params, prompts, prompt_valid, rng, sampling,
+                         first_attempts)
   if batch % chunks:
     raise ValueError(f'row_chunks ({chunks}) must divide the batch ({batch} rows).')
   out = map_row_chunks(
-      lambda rows, key: _rollout_rows(model, spec, params, *rows, key, sampling),
-      chunks, (prompts, prompt_valid), jax.random.split(rng, chunks))
+      lambda rows, key: _rollout_rows(model, spec, params, rows[0], rows[1], key, sampling,
+                                      rows[2]),
+      chunks, (prompts, prompt_valid, first_attempts), jax.random.split(rng, chunks))
   return jax.tree.map(lambda x: constrain(x, ('batch', 'length'), model.mesh_rules), out)
 
 
 def _rollout_rows(model: Decoder, spec: RolloutSpec, params, prompts: Array,
-                  prompt_valid: Array, rng: Array, sampling: SamplingParams) -> Rollout:
+                  prompt_valid: Array, rng: Array, sampling: SamplingParams,
+                  first_attempts: FirstAttempts | None = None) -> Rollout:
   """``rollout`` of one chunk of rows, with the decoding twin and its weights."""
   batch = prompts.shape[0]
   rules = model.mesh_rules
@@ -186,7 +210,8 @@ def _rollout_rows(model: Decoder, spec: RolloutSpec, params, prompts: Array,
   logits, cache = _prefill(model, params, cache, prompts, prompt_positions, prompt_valid, 0)
   next_position = jnp.sum(prompt_valid, axis=1, dtype=jnp.int32)
   attempt1 = _decode_attempt(model, params, spec, cache, logits, next_position,
-                             spec.attempt1_start, spec.attempt1_len, rng_attempt1, sampling)
+                             spec.attempt1_start, spec.attempt1_len, rng_attempt1, sampling,
+                             first_attempts)
   parts = [(prompts, prompt_valid, prompt_positions, jnp.zeros(prompts.shape, jnp.float32)),
            (attempt1.tokens, attempt1.valid, attempt1.positions, attempt1.logprobs)]
   stopped = [attempt1.done, jnp.zeros((batch,), bool)]

@@ -6,7 +6,8 @@ with the step's metrics. The trainer's loop is the same for every kind:
 
 * ``SFTRunner``: teacher-forced steps over encoded traces (the warm start, and the STaR and
   Pair-SFT phases once their traces are built);
-* ``RLRunner``: sample a batch of rollouts with the current policy, score it, one RL update.
+* ``RLRunner``: sample a batch of rollouts with the current policy, score it, one RL update
+  (with ``FirstAttemptReplay``, some prompts' first attempts are the base model's).
 
 ``collect_self_sft_traces`` is the sampling half of a STaR or Pair-SFT phase: the rollouts
 its traces are built from, and the traces.
@@ -18,9 +19,10 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
 from score_jax import distributed
-from score_jax.sampling import SamplingParams
+from score_jax.sampling import FirstAttempts, SamplingParams
 from score_jax.training import self_sft
 from score_jax.training.batches import EncodedTrace, fingerprint, pack_encoded, sft_batch
 from score_jax.training.scoring import BatchRows, RolloutScorer, batch_metrics
@@ -54,12 +56,51 @@ class SFTRunner:
     return state, _host_metrics(metrics), dict(data=fingerprint(t.example_id for t in batch))
 
 
+class FirstAttemptReplay:
+  """SCoRe's state coverage: in a share of each batch's prompts, attempt 1 is a sample of the
+  base (reference) model, and the policy writes only attempt 2 after it.
+
+  Kumar et al. (2024, Section 5) add "offline" first attempts sampled from the base model to
+  the on-policy rollouts, "especially in Stage II"; without them ("w/o online turn 1 samples",
+  their Table 4) SCoRe nearly loses its Δ. As attempt 1 improves, the wrong first attempts
+  attempt 2 learned to fix become rare; the base model keeps making them. The replayed rows
+  are whole groups of ``num_samples`` rows (the first ``round(share · prompts)`` prompts of
+  the batch, whose order is already random), so each RLOO baseline compares like with like.
+  Each step samples attempt 1 for the whole batch with the reference (one single-turn
+  rollout, of which only the replayed rows are used).
+  """
+
+  def __init__(self, scorer: RolloutScorer, reference, share: float, num_samples: int):
+    """
+    Args:
+      scorer: a single-turn scorer (its attempt-1 slot is the two-turn rollout's).
+      reference: the reference parameters in the sampler's layout.
+      share: the fraction of prompts whose first attempts are replayed, in (0, 1].
+      num_samples: rows per prompt.
+    """
+    self.scorer = scorer
+    self.reference = reference
+    self.share = share
+    self.num_samples = num_samples
+
+  def rows(self, batch_size: int) -> np.ndarray:
+    """[batch_size] bool: the replayed rows."""
+    prompts = batch_size // self.num_samples
+    return np.arange(batch_size) < round(self.share * prompts) * self.num_samples
+
+  def sample(self, examples: Sequence[Any], key, sampling: SamplingParams) -> FirstAttempts:
+    batch_size = len(examples)
+    tokens = self.scorer.first_attempt_slots(self.reference, examples, key, sampling)
+    local = self.rows(batch_size)[self.scorer.rows.local(batch_size)]
+    return FirstAttempts(tokens=tokens, rows=self.scorer.rows.to_devices(local, batch_size))
+
+
 class RLRunner:
   """One batch of rollouts from the current policy, scored, then one RL update per step."""
 
   def __init__(self, step_fn, scorer: RolloutScorer, sampling: SamplingParams, reference,
                to_sampling_layout: Callable, examples_of: Callable[[int], list],
-               num_updates: int):
+               num_updates: int, replay: FirstAttemptReplay | None = None):
     """
     Args:
       step_fn: the jitted RL update (``steps.make_rl_step``).
@@ -69,7 +110,11 @@ class RLRunner:
       to_sampling_layout: the policy parameters in the sampler's layout.
       examples_of: the prompts of a phase step (each repeated k times).
       num_updates: the phase's steps.
+      replay: base-model first attempts for a share of the prompts (None: all on-policy).
+        The ``train/`` metrics then describe the policy's own rollouts, and
+        ``train_replayed/`` those whose attempt 1 was the base model's.
     """
+    self.replay = replay
     self.step_fn = step_fn
     self.scorer = scorer
     self.sampling = sampling
@@ -81,14 +126,26 @@ class RLRunner:
   def step(self, state, phase_step: int, key) -> StepResult:
     examples = self.examples_of(phase_step)
     rollout_key, update_key = jax.random.split(key)
+    first, replayed = None, ()
+    if self.replay is not None:
+      rollout_key, replay_key = jax.random.split(rollout_key)
+      first = self.replay.sample(examples, replay_key, self.sampling)
+      replayed = (first.rows,)
     batch = self.scorer.sample(self.to_sampling_layout(state.params), examples, rollout_key,
-                               self.sampling)
+                               self.sampling, first_attempts=first)
     rewards = self.scorer.rows.to_devices((batch.r1, batch.r2), len(examples))
     state, update_metrics = self.step_fn(state, self.reference, batch.rollout, *rewards,
-                                         update_key)
+                                         update_key, *replayed)
     metrics = _host_metrics(update_metrics)
-    sampled, checksum = batch_metrics(self.scorer.row_statistics(batch), 'train')
-    metrics.update(sampled)
+    per_row = self.scorer.row_statistics(batch)
+    _, checksum = batch_metrics(per_row, 'train')
+    if self.replay is None:
+      metrics.update(batch_metrics(per_row, 'train')[0])
+    else:
+      rows = self.replay.rows(len(examples))
+      for name, selected in (('train', ~rows), ('train_replayed', rows)):
+        if selected.any():
+          metrics.update(batch_metrics({k: v[selected] for k, v in per_row.items()}, name)[0])
     return state, metrics, dict(data=fingerprint(e.id for e in examples), samples=checksum)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from score_jax import distributed
 from score_jax import metrics as sc_metrics
 from score_jax.model import Decoder
-from score_jax.sampling import SamplingParams, make_rollout_fn
+from score_jax.sampling import FirstAttempts, SamplingParams, make_rollout_fn
 from score_jax.sharding import MeshRules
 from score_jax.trajectory import Rollout, RolloutSpec, attempt_texts
 
@@ -89,7 +89,8 @@ class RolloutScorer:
     self._rollout = make_rollout_fn(model, spec)
 
   def sample(self, params, examples: Sequence[Any], key, sampling: SamplingParams,
-             num_scored: int | None = None) -> ScoredBatch:
+             num_scored: int | None = None,
+             first_attempts: FirstAttempts | None = None) -> ScoredBatch:
     """Samples one batch of rollouts of ``examples`` and scores this process's rows.
 
     Args:
@@ -98,12 +99,17 @@ class RolloutScorer:
       key: the rollout's PRNG key.
       sampling: temperature and top-p.
       num_scored: score only rows below this (default: all).
+      first_attempts: rows that replay a given attempt 1 (``first_attempt_slots``) instead
+        of sampling it.
     """
     exp, batch_size = self.experiment, len(examples)
     rows = self.rows.local(batch_size)
     local_examples = [examples[i] for i in rows]
     prompts = self.rows.to_devices(exp.pack_prompts(local_examples), batch_size)
-    rollout = self._rollout(params, *prompts, key, sampling)
+    if first_attempts is None:  # the program compiled without a replay, as before it existed
+      rollout = self._rollout(params, *prompts, key, sampling)
+    else:
+      rollout = self._rollout(params, *prompts, key, sampling, first_attempts)
     if not np.array_equal(distributed.row_indices(rollout.tokens.sharding, rollout.tokens.shape),
                           rows):
       raise ValueError(f'The rollout\'s rows are laid out as {rollout.tokens.sharding}, not as '
@@ -119,6 +125,17 @@ class RolloutScorer:
       if self.spec.two_turns:
         r2[scored] = exp.task.score_batch(scored_examples, [attempts2[i] for i in scored])
     return ScoredBatch(rollout, local_rollout, local_examples, attempts1, attempts2, r1, r2)
+
+  def first_attempt_slots(self, params, examples: Sequence[Any], key,
+                          sampling: SamplingParams):
+    """The attempt-1 slots [B, attempt1_len] (global, unscored) of a rollout of
+    ``examples`` by ``params``: what ``sample``'s ``first_attempts`` replays."""
+    batch_size = len(examples)
+    local_examples = [examples[i] for i in self.rows.local(batch_size)]
+    prompts = self.rows.to_devices(self.experiment.pack_prompts(local_examples), batch_size)
+    start = self.spec.attempt1_start
+    return self._rollout(params, *prompts, key, sampling).tokens[
+        :, start:start + self.spec.attempt1_len]
 
   def row_statistics(self, batch: ScoredBatch) -> dict[str, np.ndarray]:
     """Per-row values of every process's rows, in batch order: both rewards, the tokens in

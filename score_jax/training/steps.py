@@ -163,18 +163,20 @@ def sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: in
 
 
 def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettings,
-            state: TrainState, ref_params, rollout: Rollout, r1: Array, r2: Array, rng: Array):
+            state: TrainState, ref_params, rollout: Rollout, r1: Array, r2: Array, rng: Array,
+            replayed_first: Array | None = None):
   """One RL update: reference log-probs, stage weights, then K epochs over minibatches.
 
   REINFORCE is the on-policy case (one epoch, one minibatch); PPO reuses the batch for
-  ``ppo_epochs`` passes with the sampler's log-probs as π_old.
+  ``ppo_epochs`` passes with the sampler's log-probs as π_old. ``replayed_first`` [B] marks
+  rows whose attempt 1 the policy did not sample (``stage_token_weights``).
   """
   # The reference forward runs one minibatch of rows at a time, like the updates, so that
   # its activations never span the whole batch.
   ref_logp = jax.lax.stop_gradient(map_row_chunks(
       lambda rows: token_logprobs(model, ref_params, *rows, chunk_size=settings.logprob_chunk),
       settings.minibatches, (rollout.tokens, rollout.positions, rollout.valid)))
-  weights = stage_token_weights(settings, r1, r2, rollout.segments)
+  weights = stage_token_weights(settings, r1, r2, rollout.segments, replayed_first)
   batch = RLBatch(tokens=rollout.tokens, valid=rollout.valid, positions=rollout.positions,
                   segments=rollout.segments, old_logp=rollout.logprobs, ref_logp=ref_logp,
                   advantages=weights.advantages, pg_mask=weights.pg_mask,
@@ -233,7 +235,7 @@ def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chun
 
 
 def make_rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettings):
-  """``fn(state, ref_params, rollout, r1, r2, rng) -> (state, metrics)``, jitted, the state
-  donated."""
+  """``fn(state, ref_params, rollout, r1, r2, rng[, replayed_first]) -> (state, metrics)``,
+  jitted, the state donated."""
   return jax.jit(functools.partial(rl_step, model, tx, settings), donate_argnums=(0,),
                  out_shardings=_step_out_shardings(model, tx))

@@ -49,7 +49,8 @@ from score_jax.training.experiment import Experiment
 from score_jax.training.persistence import RunCheckpoints
 from score_jax.training.phases import Phase
 from score_jax.training.progress import ProgressLog, RunProgress
-from score_jax.training.runners import RLRunner, SFTRunner, collect_self_sft_traces
+from score_jax.training.runners import (FirstAttemptReplay, RLRunner, SFTRunner,
+                                       collect_self_sft_traces)
 from score_jax.training.scoring import BatchRows, RolloutScorer
 from score_jax.training.steps import (make_create_state, make_optimizer, make_rl_step,
                                       make_sft_step, rl_settings)
@@ -229,10 +230,14 @@ class Trainer:
     c = self.config
     if phase.is_rl:
       first = self.progress.steps_before(self.phases, lambda p: p.samples_rollouts)
+      replay = None
+      if phase.kind == 'stage2' and c.rl.stage2_base_first_attempts > 0:
+        replay = FirstAttemptReplay(self.scorers[False], self.to_sampling_layout(self.reference),
+                                    c.rl.stage2_base_first_attempts, c.rl.num_samples)
       return RLRunner(make_rl_step(self.train_model, tx, rl_settings(c, phase.kind)),
                       self.scorers[phase.two_turns], self.sampling, self.reference,
                       self.to_sampling_layout, lambda i: self._rl_examples(first + i),
-                      phase.steps)
+                      phase.steps, replay)
     if phase.is_warm_start:
       traces, batch_size = self.sft_traces[self.progress.phase_index], c.sft.batch_size
       num_updates = phase.steps
