@@ -277,13 +277,12 @@ def test_rollout_in_row_chunks_equals_the_whole_batch():
         params, tokens, valid, jax.random.key(4), SamplingParams.greedy())
 
 
-@pytest.mark.parametrize('row_chunks', [1, 2])
-def test_rows_that_replay_another_models_first_attempt(row_chunks):
+def test_rows_that_replay_another_models_first_attempt():
   """State coverage: rows given another model's attempt 1 hold exactly those tokens, their
   recorded log-probs and attempt 2 are this model's given that attempt (equal to a full
-  forward, and to the cache-free greedy reference), and the other rows sample as before."""
+  forward, and to the cache-free greedy reference), and the other rows sample as before; in
+  row chunks too."""
   model, params, spec = model_and_spec('tiny')
-  spec = dataclasses.replace(spec, row_chunks=row_chunks)
   other = make_model('tiny', seed=7)[1]
   tokens, valid = pack_prompts(PROMPTS, spec.prompt_len)
   greedy = SamplingParams.greedy()
@@ -292,8 +291,8 @@ def test_rows_that_replay_another_models_first_attempt(row_chunks):
   ours = rollout_fn(params, tokens, valid, jax.random.key(5), greedy)
   slot = slice(spec.attempt1_start, spec.attempt1_start + spec.attempt1_len)
   rows = jnp.asarray([True, False, True, False])
-  mixed = rollout_fn(params, tokens, valid, jax.random.key(5), greedy,
-                     FirstAttempts(tokens=theirs.tokens[:, slot], rows=rows))
+  replay = FirstAttempts(tokens=theirs.tokens[:, slot], rows=rows)
+  mixed = rollout_fn(params, tokens, valid, jax.random.key(5), greedy, replay)
   for row, prompt in enumerate(PROMPTS):
     if rows[row]:
       first = attempt_tokens(theirs, row, ATTEMPT1)
@@ -310,6 +309,10 @@ def test_rows_that_replay_another_models_first_attempt(row_chunks):
   attempts = np.isin(np.asarray(mixed.segments), [ATTEMPT1, ATTEMPT2])
   np.testing.assert_allclose(np.asarray(mixed.logprobs)[attempts],
                              np.asarray(recomputed)[attempts], atol=1e-4)
+  chunked = make_rollout_fn(model, dataclasses.replace(spec, row_chunks=2))(
+      params, tokens, valid, jax.random.key(5), greedy, replay)
+  for name in ('tokens', 'valid', 'positions', 'segments', 'stopped'):
+    np.testing.assert_array_equal(getattr(chunked, name), getattr(mixed, name), err_msg=name)
 
 
 def test_packed_trajectories_match_the_sampled_layout():

@@ -114,13 +114,14 @@ def test_greedy_rows_take_the_arg_max_and_the_others_sample():
   """Per-row temperatures: rows at 0 are greedy, the rest sample; all-sampled batches too."""
   logits = jax.random.normal(jax.random.key(3), (4, 50))  # Spread out: samples vary.
   argmax = np.asarray(jnp.argmax(logits, axis=-1))
+  select = jax.jit(select_tokens)  # one compile per setting, not op by op 40 times
   mixed = SamplingParams(temperature=jnp.asarray([0.0, 1.0, 0.0, 1.0]), top_p=jnp.asarray(1.0))
-  picks = np.stack([np.asarray(select_tokens(logits, jax.random.key(i), mixed))
+  picks = np.stack([np.asarray(select(logits, jax.random.key(i), mixed))
                     for i in range(20)])
   np.testing.assert_array_equal(picks[:, [0, 2]], np.broadcast_to(argmax[[0, 2]], (20, 2)))
   assert len(set(picks[:, 1])) > 3 and len(set(picks[:, 3])) > 3
   all_sampled = SamplingParams.create(temperature=1.0)
-  picks = np.stack([np.asarray(select_tokens(logits, jax.random.key(i), all_sampled))
+  picks = np.stack([np.asarray(select(logits, jax.random.key(i), all_sampled))
                     for i in range(20)])
   assert all(len(set(picks[:, row])) > 3 for row in range(4))
   np.testing.assert_array_equal(select_tokens(logits, jax.random.key(0), SamplingParams.greedy()),
