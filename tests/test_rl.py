@@ -204,6 +204,14 @@ def test_stage2_rows_with_a_replayed_first_attempt_train_only_attempt_2():
     np.testing.assert_array_equal(getattr(replayed, name)[2:], getattr(plain, name)[2:])
 
 
+def test_stage2_attempt2_scale_multiplies_only_attempt_2s_advantages():
+  plain, scaled = rule('stage2'), rule('stage2', stage2_attempt2_scale=1 / 11)
+  np.testing.assert_allclose(scaled.advantages[:, 7], [21 / 11, -21 / 11, 1 / 11, -1 / 11],
+                             rtol=1e-6)
+  np.testing.assert_allclose(scaled.advantages[:, 3], plain.advantages[:, 3])
+  np.testing.assert_allclose(scaled.kl_weights, plain.kl_weights)
+
+
 def test_stage2_without_shaping_and_single_turn():
   w = rule('stage2', alpha=0.0)
   np.testing.assert_allclose(w.advantages[:, 7], [1.0, -1.0, 1.0, -1.0])

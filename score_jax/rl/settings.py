@@ -29,6 +29,9 @@ class RLSettings:
     alpha: Stage II's shaping coefficient α.
     beta1: the default KL weight β1; beta2: Stage I's KL weight on attempt 1.
     stage2_beta_attempt1: Stage II's KL weight on attempt 1 (0: β1, as in the paper).
+    stage2_attempt2_scale: a factor on Stage II's attempt-2 advantages (1: the paper's). The
+      shaped reward's size grows with α, and so does attempt 2's step; 1 / (1 + α) keeps the
+      shaping (how flips weigh against keeps) with a step the size of attempt 1's.
     num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
     baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
     shaping_baseline: where Stage II's attempt-2 baseline comes from: 'all_samples' (the
@@ -49,6 +52,7 @@ class RLSettings:
   beta1: float = 0.01
   beta2: float = 0.1
   stage2_beta_attempt1: float = 0.0
+  stage2_attempt2_scale: float = 1.0
   num_samples: int = 4
   baseline: str = 'rloo'
   normalize_std: bool = False

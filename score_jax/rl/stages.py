@@ -91,6 +91,7 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array, segments: Ar
           condition=r1)[:, None]
     else:
       second = advantage(shaped_second_reward(r1, r2, alpha))
+    second = second * settings.stage2_attempt2_scale
     advantages = jnp.where(in_attempt1, advantage(r1), jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
     beta_attempt1 = settings.stage2_beta_attempt1 or beta1

@@ -79,7 +79,8 @@ def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
   rl = config.rl
   return RLSettings(
       stage=stage, alpha=rl.alpha, beta1=rl.beta1, beta2=rl.beta2,
-      stage2_beta_attempt1=rl.stage2_beta_attempt1, num_samples=rl.num_samples,
+      stage2_beta_attempt1=rl.stage2_beta_attempt1,
+      stage2_attempt2_scale=rl.stage2_attempt2_scale, num_samples=rl.num_samples,
       baseline=rl.baseline, normalize_std=rl.normalize_std,
       shaping_baseline=rl.shaping_baseline, algorithm=rl.algorithm,
       clip_epsilon=rl.clip_epsilon, kl_estimator=rl.kl_estimator, ppo_epochs=rl.ppo_epochs,
