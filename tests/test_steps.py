@@ -98,8 +98,8 @@ def test_rl_settings_come_from_the_config_once():
 
 @pytest.mark.parametrize('stage', ['stage2', 'single_turn'])
 def test_per_attempt_gradients_add_up_to_the_update(setup, stage):
-  """With ``attempt_grad_norms`` the update is the same (the gradient is the sum of the two
-  attempts' terms); single-turn RL puts no term at all on attempt 2."""
+  """With ``attempt_grad_norms`` the update is exactly the same (measuring never changes a
+  run); the two attempts' norms bound the whole; single-turn RL puts no term on attempt 2."""
   model, params, batch, (r1, r2), keys = setup
   tx = optax.sgd(1.0)
   states = {}
@@ -109,10 +109,10 @@ def test_per_attempt_gradients_add_up_to_the_update(setup, stage):
     states[measured], metrics = make_rl_step(model, tx, settings)(
         state, params, batch, r1, r2, keys[0])
   for a, b in zip(jax.tree.leaves(states[False].params), jax.tree.leaves(states[True].params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   g1, g2 = float(metrics['grad_norm_attempt1']), float(metrics['grad_norm_attempt2'])
   assert g1 > 0
-  assert (g2 == 0) if stage == 'single_turn' else (g2 > 0)
+  assert (g2 <= 1e-6 * g1) if stage == 'single_turn' else (g2 > 1e-3 * g1)
   assert float(metrics['grad_norm']) <= g1 + g2 + 1e-6
   if stage == 'single_turn':
     assert float(metrics['advantage_abs_attempt2']) == 0

@@ -207,25 +207,27 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
 
 
 def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch):
-  """(gradient of ``rl_loss``, its metrics); with ``settings.attempt_grad_norms`` the gradient
-  is the sum of each attempt's term (policy gradient and KL on its tokens), and the norm of
-  each is a metric."""
+  """(gradient of ``rl_loss``, its metrics); with ``settings.attempt_grad_norms`` the metrics
+  also hold the gradient norm of each attempt's term (its policy gradient and KL).
+
+  The update's gradient is computed the same way either way, so that measuring never changes
+  training (a sum of per-attempt gradients would differ from it by rounding, and sampling
+  turns that into a different run). Attempt 1's term is pulled back from d loss / d logp on its
+  tokens; attempt 2's is the rest of the gradient, so where attempt 2 has no term its norm is
+  zero up to rounding.
+  """
+  (_, metrics), grads = jax.value_and_grad(rl_loss, has_aux=True)(params, model, batch,
+                                                                   settings)
   if not settings.attempt_grad_norms:
-    (_, metrics), grads = jax.value_and_grad(rl_loss, has_aux=True)(params, model, batch,
-                                                                     settings)
     return grads, metrics
-  # One forward pass; one backward pass per attempt, from d loss / d logp on its tokens.
   (logp, entropy), backward = jax.vjp(lambda p: policy_logprobs(p, model, batch, settings),
                                       params)
-  (_, metrics), dloss_dlogp = jax.value_and_grad(rl_token_loss, has_aux=True)(
-      logp, entropy, batch, settings)
+  dloss_dlogp = jax.grad(lambda lp: rl_token_loss(lp, entropy, batch, settings)[0])(logp)
   in_attempt1 = batch.segments == ATTEMPT1
-  no_entropy = jnp.zeros_like(entropy)
-  grads1, = backward((jnp.where(in_attempt1, dloss_dlogp, 0.0), no_entropy))
-  grads2, = backward((jnp.where(in_attempt1, 0.0, dloss_dlogp), no_entropy))
+  grads1, = backward((jnp.where(in_attempt1, dloss_dlogp, 0.0), jnp.zeros_like(entropy)))
   metrics['grad_norm_attempt1'] = optax.global_norm(grads1)
-  metrics['grad_norm_attempt2'] = optax.global_norm(grads2)
-  return jax.tree.map(jnp.add, grads1, grads2), metrics
+  metrics['grad_norm_attempt2'] = optax.global_norm(jax.tree.map(jnp.subtract, grads, grads1))
+  return grads, metrics
 
 
 def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int = 256,
