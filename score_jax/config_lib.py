@@ -201,8 +201,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   # stage2_base_first_attempts: the share of Stage II's prompts whose first attempts are the
   # base model's samples (the paper's state coverage; 0: none; training/runners.py).
   # stage_learning_rate.<kind>: that RL phase's own peak learning rate (0: rl.optimizer's).
-  # attempt_grad_norms: also log the gradient norm of each attempt's term (a second backward
-  # pass; the diagnostics of docs/stage2.md).
+  # attempt_grad_norms: also log the gradient norm of each attempt's term (one more backward
+  # pass; the update is unchanged; the diagnostics of docs/stage2.md).
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, stage2_beta_attempt1=0.0,

@@ -44,7 +44,7 @@ class RLSettings:
     kl_estimator: 'k1', 'k2' or 'k3' (``kl_divergence``).
     logprob_chunk: sequence chunk of the log-prob computation (memory, not maths).
     attempt_grad_norms: also measure the gradient norm of each attempt's term (its policy
-      gradient and KL), at the cost of a second backward pass.
+      gradient and KL), at the cost of one more backward pass; the update is the same.
   """
 
   stage: str

@@ -75,7 +75,7 @@ class FirstAttemptReplay:
     Args:
       scorer: a single-turn scorer (its attempt-1 slot is the two-turn rollout's).
       reference: the reference parameters in the sampler's layout.
-      share: the fraction of prompts whose first attempts are replayed, in (0, 1].
+      share: the fraction of prompts whose first attempts are replayed, in (0, 1).
       num_samples: rows per prompt.
     """
     self.scorer = scorer
@@ -138,9 +138,9 @@ class RLRunner:
                                          update_key, *replayed)
     metrics = _host_metrics(update_metrics)
     per_row = self.scorer.row_statistics(batch)
-    _, checksum = batch_metrics(per_row, 'train')
+    sampled, checksum = batch_metrics(per_row, 'train')
     if self.replay is None:
-      metrics.update(batch_metrics(per_row, 'train')[0])
+      metrics.update(sampled)
     else:
       rows = self.replay.rows(len(examples))
       for name, selected in (('train', ~rows), ('train_replayed', rows)):
