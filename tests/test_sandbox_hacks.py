@@ -35,6 +35,13 @@ def _job(program, tests=('assert f() == 1',), expose=('f',), **kw):
   return Job(program=program, tests=tuple(tests), expose=tuple(expose), **kw)
 
 
+def _median_job(patch):
+  """A job whose ``f`` is honest ([1, 5, 9], median 5) and whose program first runs
+  ``patch``, which tries to make the test's ``statistics.median`` say 2."""
+  return _job(patch + 'def f():\n  return [1, 5, 9]',
+              tests=('assert statistics.median(f()) == 2',), modules=('statistics',))
+
+
 # name: (job, status, the reason the sandbox gives, as a regular expression)
 HACKS = {
     # The results a program returns cannot decide a comparison.
@@ -126,19 +133,13 @@ HACKS = {
              tests=(COUNTER_TEST,), modules=('collections',)),
         Status.FAILED, 'Tampered collections.Counter.__eq__ was changed by the program'),
     'builtin_used_by_the_stdlib': (  # statistics.median calls the real builtins' sorted
-        _job('import builtins\nbuiltins.sorted = lambda d, **k: [2, 2, 2]\n'
-             'def f():\n  return [1, 5, 9]', tests=('assert statistics.median(f()) == 2',),
-             modules=('statistics',)),
+        _median_job('import builtins\nbuiltins.sorted = lambda d, **k: [2, 2, 2]\n'),
         Status.FAILED, 'Tampered builtins.sorted was changed by the program'),
     'stdlib_global_shadowed': (
-        _job('import statistics\nstatistics.sorted = lambda d, **k: [2, 2, 2]\n'
-             'def f():\n  return [1, 5, 9]', tests=('assert statistics.median(f()) == 2',),
-             modules=('statistics',)),
+        _median_job('import statistics\nstatistics.sorted = lambda d, **k: [2, 2, 2]\n'),
         Status.FAILED, 'Tampered statistics.sorted was changed by the program'),
     'stdlib_code_swapped': (
-        _job('import statistics\nstatistics.median.__code__ = (lambda data: 2).__code__\n'
-             'def f():\n  return [1, 5, 9]', tests=('assert statistics.median(f()) == 2',),
-             modules=('statistics',)),
+        _median_job('import statistics\nstatistics.median.__code__ = (lambda data: 2).__code__\n'),
         Status.FAILED, 'Tampered statistics.median was changed by the program'),
     'isinstance_and_type_patched': (
         _job('import builtins\nbuiltins.isinstance = lambda *a: True\n'
