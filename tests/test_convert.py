@@ -8,6 +8,7 @@ saved, imported, and compared: logits, greedy generations, export → re-import,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -21,7 +22,7 @@ transformers = pytest.importorskip('transformers')
 
 from score_jax.convert import hf, model_config_for, open_pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.convert.gguf_file import unpermute_rope_rows  # pylint: disable=g-import-not-at-top,wrong-import-position
-from score_jax.model import Decoder, positions_from_valid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from score_jax.model import Decoder, lora, positions_from_valid  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.sampling import RolloutSpec, SamplingParams, make_rollout_fn, pack_prompts  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.sampling.templates import JinjaChatTemplate, get_template  # pylint: disable=g-import-not-at-top,wrong-import-position
 from score_jax.trajectory import attempt_token_lists  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -129,6 +130,25 @@ def test_export_round_trips_and_loads_in_transformers(family_case, tmp_path):
   ids = np.random.RandomState(1).randint(0, VOCAB, (1, 32))
   np.testing.assert_allclose(_hf_logits(loaded, ids), _hf_logits(model, ids), atol=1e-5,
                              rtol=0)
+
+
+def test_lora_merged_export_equals_the_adapted_model_in_transformers(family_case, tmp_path):
+  """Trained adapters (random here, so every targeted kernel moves) folded into the kernels
+  export as a plain checkpoint whose logits in ``transformers`` are the adapted model's."""
+  _, _, cls, _, config, params = family_case
+  adapted = dataclasses.replace(config, lora_rank=4, lora_alpha=8.0)
+  adapters = lora.init_adapters(Decoder(adapted), jax.random.key(0))
+  leaves, treedef = jax.tree.flatten(adapters)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  adapters = jax.tree.unflatten(treedef, [0.2 * jax.random.normal(k, x.shape, x.dtype)
+                                          for k, x in zip(keys, leaves)])
+  ids = np.random.RandomState(2).randint(0, VOCAB, (2, 24))
+  ours = _our_logits(adapted, lora.combine(params, adapters), ids)
+  assert np.abs(ours - _our_logits(config, params, ids)).max() > 1e-2  # The adapters matter.
+  merged = lora.merge_weights(params, adapters, adapted.lora_scale)
+  hf.export(merged, config, str(tmp_path))
+  loaded = cls.from_pretrained(str(tmp_path)).eval()
+  np.testing.assert_allclose(_hf_logits(loaded, ids), ours, atol=1e-4, rtol=0)
 
 
 def test_unscanned_and_bf16_imports(family_case):

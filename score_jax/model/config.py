@@ -23,9 +23,15 @@ ROPE_SCALINGS = ('none', 'llama3')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
 KERNEL_LAYOUTS = ('input_major', 'output_major', 'amx_tiles')
+# The dense kernels a LoRA adapter can attach to, by group (``lora_targets`` takes groups or
+# single names, comma-separated).
+LORA_KERNELS = {'attention': ('q', 'k', 'v', 'o'), 'mlp': ('gate', 'up', 'down')}
 # Fields that say how a derived model is laid out, not how to run: the sampler sets them on
 # its twin (``decoder.for_decoding``), and ``config.model`` does not offer them.
 DERIVED_FIELDS = ('kernel_layout',)
+# The adapter fields, which the training config sets from its own ``lora`` section
+# (``config.lora.rank``, ...) on the model of the phases that train adapters.
+LORA_FIELDS = ('lora_rank', 'lora_alpha', 'lora_targets')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +87,12 @@ class ModelConfig:
   # steps also attend with the AMX attention kernel. Only the
   # sampler's twin uses either (``decoder.for_decoding``).
   kernel_layout: str = 'input_major'
+  # LoRA (Hu et al., 2021): with a rank above 0, each targeted kernel W gets adapters A
+  # [inputs, rank] and B [rank, outputs], B born at zero, and computes x W + (alpha / rank)
+  # (x A) B (``score_jax.model.lora``). 0 is the plain model.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = 'attention,mlp'
 
   def __post_init__(self):
     _validate(self)
@@ -105,6 +117,22 @@ class ModelConfig:
   def query_scale(self) -> float:
     scalar = self.query_pre_attn_scalar or self.head_dim
     return float(scalar) ** -0.5
+
+  @property
+  def lora_kernels(self) -> tuple[str, ...]:
+    """The kernels that carry adapters ('q', 'gate', ...); empty without LoRA."""
+    if not self.lora_rank:
+      return ()
+    names = []
+    for item in (part.strip() for part in self.lora_targets.split(',')):
+      for name in LORA_KERNELS.get(item, (item,)):
+        if name not in names:
+          names.append(name)
+    return tuple(names)
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def jnp_dtype(self):
@@ -164,6 +192,20 @@ def _validate(c: ModelConfig) -> None:
   _check_choice('kernel_layout', c.kernel_layout, KERNEL_LAYOUTS)
   _check_choice('param_dtype', c.param_dtype, DTYPES)
   _check_choice('dtype', c.dtype, DTYPES)
+  if not isinstance(c.lora_rank, int) or isinstance(c.lora_rank, bool) or c.lora_rank < 0:
+    raise ValueError(f'model.lora_rank must be an integer >= 0 (0 disables LoRA); got '
+                     f'{c.lora_rank!r}.')
+  if c.lora_rank:
+    known = sorted(set(LORA_KERNELS) | {k for group in LORA_KERNELS.values() for k in group})
+    for item in (part.strip() for part in c.lora_targets.split(',')):
+      if item not in known:
+        raise ValueError(f'model.lora_targets must be comma-separated names from {known}; '
+                         f'got {c.lora_targets!r}.')
+    if c.lora_alpha <= 0:
+      raise ValueError(f'model.lora_alpha must be positive; got {c.lora_alpha}.')
+    if c.kernel_layout != 'input_major':
+      raise ValueError('LoRA adapters attach to input-major kernels only; got '
+                       f'model.kernel_layout={c.kernel_layout!r}.')
   for kind in c.attention_kinds_cycle:
     if kind not in ATTENTION_KINDS:
       raise ValueError(

@@ -175,6 +175,35 @@ def matmul(spec: str, x: Array, kernel: Array, dtype) -> Array:
                     preferred_element_type=jnp.float32)
 
 
+def lora_delta(module: nn.Module, name: str, spec: str, x: Array, in_shape: tuple[int, ...],
+               out_shape: tuple[int, ...], in_names: tuple[str, ...],
+               out_names: tuple[str, ...], config: ModelConfig) -> Array:
+  """The LoRA term (alpha / rank) (x A) B of kernel ``name`` in fp32, or 0 when the kernel
+  carries no adapter; declares A [*in_shape, rank] and B [rank, *out_shape] (``{name}_lora_a``,
+  ``{name}_lora_b``; B born at zero, so an adapted model starts as its base).
+
+  ``spec`` is the kernel's own product (``'btd,dhk->bthk'``); the adapter's two products
+  contract the same input axes into the rank axis ``z`` and expand it into the same outputs.
+  """
+  if name not in config.lora_kernels:
+    return jnp.zeros((), jnp.float32)
+  rank = config.lora_rank
+  n_in = len(in_shape)
+  a = param(module, f'{name}_lora_a',
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal',
+                                             in_axis=tuple(range(n_in)), out_axis=n_in),
+            in_shape + (rank,), in_names + (None,), config)
+  b = param(module, f'{name}_lora_b', nn.initializers.zeros, (rank,) + out_shape,
+            (None,) + out_names, config)
+  operands, result = spec.split('->')
+  lhs, rhs = operands.split(',')
+  contracted = ''.join(ch for ch in rhs if ch in lhs)
+  produced = ''.join(ch for ch in rhs if ch not in lhs)
+  kept = ''.join(ch for ch in lhs if ch not in rhs)
+  low = matmul(f'{lhs},{contracted}z->{kept}z', x, a, config.jnp_dtype)
+  return config.lora_scale * matmul(f'{kept}z,z{produced}->{result}', low, b, config.jnp_dtype)
+
+
 def write_slots(cache: Array, new: Array, layer_index: Array | None, start: Array) -> Array:
   """Writes new keys or values [B, T, K, Dh] into cache slots [start, start + T).
 
@@ -228,7 +257,16 @@ class Attention(nn.Module):
     o_kernel = kernel_param(self, 'o_kernel', (h, hd), (d,), ('heads', 'head_dim', 'embed'), c)
     q = dense('btd,dhk->bthk', x, q_kernel, (h, hd), c)
     key = dense('btd,dhk->bthk', x, k_kernel, (k, hd), c)
-    value = dense('btd,dhk->bthk', x, v_kernel, (k, hd), c).astype(dtype)
+    value = dense('btd,dhk->bthk', x, v_kernel, (k, hd), c)
+    if c.lora_kernels:
+      in_names = ('embed',)
+      q = q + lora_delta(self, 'q', 'btd,dhk->bthk', x, (d,), (h, hd), in_names,
+                         ('heads', 'head_dim'), c)
+      key = key + lora_delta(self, 'k', 'btd,dhk->bthk', x, (d,), (k, hd), in_names,
+                             ('kv_heads', 'head_dim'), c)
+      value = value + lora_delta(self, 'v', 'btd,dhk->bthk', x, (d,), (k, hd), in_names,
+                                 ('kv_heads', 'head_dim'), c)
+    value = value.astype(dtype)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + param(self, 'q_bias', zeros, (h, hd), ('heads', 'head_dim'), c)
@@ -278,7 +316,11 @@ class Attention(nn.Module):
       out = matmul('bkrs,bksd->bkrd', weights, value, dtype).astype(dtype)
       out = out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     out = constrain(out, ('batch', 'length', 'heads', 'head_dim'), self.mesh_rules)
-    out = dense('bthk,hkd->btd', out, o_kernel, (d,), c).astype(dtype)
+    projected = dense('bthk,hkd->btd', out, o_kernel, (d,), c)
+    if c.lora_kernels:
+      projected += lora_delta(self, 'o', 'bthk,hkd->btd', out, (h, hd), (d,),
+                              ('heads', 'head_dim'), ('embed',), c)
+    out = projected.astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules), cache
 
 
@@ -299,13 +341,19 @@ class GatedMLP(nn.Module):
     up = kernel_param(self, 'up_kernel', (d,), (f,), ('embed', 'mlp'), c)
     gate_act = dense('btd,df->btf', x, gate, (f,), c)
     up_act = dense('btd,df->btf', x, up, (f,), c)
+    if c.lora_kernels:
+      gate_act += lora_delta(self, 'gate', 'btd,df->btf', x, (d,), (f,), ('embed',), ('mlp',), c)
+      up_act += lora_delta(self, 'up', 'btd,df->btf', x, (d,), (f,), ('embed',), ('mlp',), c)
     if c.activation == 'silu':
       gate_act = jax.nn.silu(gate_act)
     else:
       gate_act = jax.nn.gelu(gate_act, approximate=True)
     hidden = (gate_act * up_act).astype(dtype)
     hidden = constrain(hidden, ('batch', 'length', 'mlp'), self.mesh_rules)
-    out = dense('btf,fd->btd', hidden, down, (d,), c).astype(dtype)
+    out = dense('btf,fd->btd', hidden, down, (d,), c)
+    if c.lora_kernels:
+      out += lora_delta(self, 'down', 'btf,fd->btd', hidden, (f,), (d,), ('mlp',), ('embed',), c)
+    out = out.astype(dtype)
     return constrain(out, ('batch', 'length', 'embed'), self.mesh_rules)
 
 
