@@ -29,14 +29,17 @@ Storage faults (docs/faults.md):
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, TypeVar
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from score_jax import distributed, orbax_failures, paths
 from score_jax.checkpoint_integrity import first_line, step_problems
+from score_jax.model import lora
 from score_jax.training.errors import StorageFault, storage_reason
 from score_jax.training.steps import abstract_params_of
 
@@ -370,6 +373,9 @@ def restore_models(experiment, checkpointer: Checkpointer, step: int | None = No
                    with_reference: bool = True):
   """(policy params, reference params or None) of a checkpoint step (default: the latest).
 
+  A LoRA run's step holds adapters and their base (the reference): the policy returned is
+  the base with the adapters merged in, the plain model's weights.
+
   Only the parameters are read, into targets that allocate nothing: the optimizer state and
   step counter stay on disk, and no throw-away initialisation is built.
 
@@ -380,8 +386,16 @@ def restore_models(experiment, checkpointer: Checkpointer, step: int | None = No
     with_reference: also read the frozen reference model, when the checkpoint has one.
   """
   target = abstract_params_of(experiment.model('train'))
+  meta = checkpointer.read_meta(step)
+  if meta.get('lora_adapters'):
+    # The state holds LoRA adapters; the reference is the base they are merged into.
+    adapted = experiment.model('train', adapted=True)
+    adapters = checkpointer.restore_params(abstract_params_of(adapted, trainable=True), step)
+    reference = checkpointer.restore_params(target, step, reference=True)
+    params = jax.jit(functools.partial(lora.merge_weights, scale=adapted.config.lora_scale))(
+        reference, adapters)
+    return params, reference if with_reference else None
   params = checkpointer.restore_params(target, step)
-  has_reference = checkpointer.read_meta(step).get('has_reference')
   reference = (checkpointer.restore_params(target, step, reference=True)
-               if with_reference and has_reference else None)
+               if with_reference and meta.get('has_reference') else None)
   return params, reference

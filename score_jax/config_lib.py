@@ -20,7 +20,7 @@ import ml_collections
 from score_jax import rl as rl_lib
 from score_jax import sharding
 from score_jax.model import presets
-from score_jax.model.config import DERIVED_FIELDS, ModelConfig
+from score_jax.model.config import DERIVED_FIELDS, LORA_FIELDS, ModelConfig
 from score_jax.training.phases import Phase, parse_schedule
 
 
@@ -123,7 +123,8 @@ def _parse_like(default: Any, value: str, key: str) -> Any:
 
 def model_config(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
   """Every ``ModelConfig`` setting, filled from a named preset, as a ConfigDict."""
-  settings = [f for f in dataclasses.fields(ModelConfig) if f.name not in DERIVED_FIELDS]
+  settings = [f for f in dataclasses.fields(ModelConfig)
+              if f.name not in DERIVED_FIELDS + LORA_FIELDS]
   values = {f.name: f.default for f in settings if f.default is not dataclasses.MISSING}
   values.update(presets.get_preset(preset))
   unknown = sorted(set(overrides) - {f.name for f in settings})
@@ -150,6 +151,22 @@ def build_model_config(model: ml_collections.ConfigDict | dict,
   values = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
   values.update(architecture or {})
   return ModelConfig.from_mapping(values)
+
+
+def adapted_model_config(model: ModelConfig, config: ml_collections.ConfigDict) -> ModelConfig:
+  """``model`` with the adapters ``config.lora`` asks for (itself when ``lora.rank`` is 0).
+
+  Raises:
+    ValueError: a bad ``lora.*`` value, named as the config field.
+  """
+  lora = config.get('lora')
+  if lora is None or not lora.rank:
+    return model
+  try:
+    return dataclasses.replace(model, lora_rank=lora.rank, lora_alpha=lora.alpha,
+                               lora_targets=lora.targets)
+  except ValueError as e:
+    raise ValueError(str(e).replace('model.lora_', 'lora.')) from None
 
 
 def build_mesh(mesh: ml_collections.ConfigDict | dict,
@@ -223,6 +240,11 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.self_sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-4),
                                               epochs=1.0, keep_correct_to_correct=False,
                                               train_attempt1=False))
+  # LoRA (Hu et al., 2021) for every phase after the warm start: rank > 0 gives the targeted
+  # kernels (groups 'attention' = q,k,v,o and 'mlp' = gate,up,down, or single names) adapters
+  # of that rank scaled by alpha / rank, and those phases train the adapters alone; the frozen
+  # base is the reference model (score_jax/model/lora.py). 0: full training.
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets='attention,mlp'))
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_problems=500, batch_size=128,
                                           temperature=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, max_to_keep=2,
@@ -239,7 +261,7 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
     ValueError: naming the field, its value and what to do.
   """
   phases = parse_schedule(c.schedule)
-  build_model_config(c.model)
+  adapted_model_config(build_model_config(c.model), c)
   rl = c.rl
   if rl.num_samples < 1:
     raise ValueError(f'rl.num_samples must be >= 1; got {rl.num_samples}.')

@@ -16,6 +16,7 @@ from score_jax import config_lib
 from score_jax.checkpoints import Checkpointer, restore_models
 from score_jax.model import init_params
 from score_jax.training.experiment import Experiment
+from score_jax.training.steps import abstract_params_of
 from score_jax.writers import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,18 +127,17 @@ def test_smoke_config_runs_end_to_end_through_main(smoke_run):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
 
-@pytest.mark.slow
-def test_resume_after_sigterm_equals_an_uninterrupted_run(smoke_run, tmp_path):
-  uninterrupted, _ = smoke_run
-  workdir = str(tmp_path / 'interrupted')
+def _interrupt_and_resume(workdir, *overrides, stop_after=13):
+  """Runs the smoke config (26 steps), stops it with SIGTERM once ``stop_after`` steps are
+  logged, resumes it; returns the step it stopped at."""
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
-  process = subprocess.Popen(train_command(workdir), cwd=REPO, env=env,
+  process = subprocess.Popen(train_command(workdir, *overrides), cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 300
-  while time.time() < deadline:  # Wait until half of the 26 steps are done.
-    if os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) >= 13:
+  while time.time() < deadline:
+    if os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) >= stop_after:
       break
     assert process.poll() is None, process.stdout.read()
     time.sleep(0.2)
@@ -148,19 +148,72 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(smoke_run, tmp_path):
   stopped_at = Checkpointer(os.path.join(workdir, 'checkpoints')).latest_step()
   assert 0 < stopped_at < 26
 
-  resumed = run_train(workdir)
+  resumed = run_train(workdir, *overrides)
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
   assert f'Resumed from step {stopped_at}' in resumed.stdout
+  return stopped_at
 
-  config = smoke_config()
-  expected, expected_ref, _ = final_params(uninterrupted, config)
-  got, got_ref, meta = final_params(workdir, config)
+
+def _assert_same_run(expected_dir, got_dir, config):
+  expected, expected_ref, _ = final_params(expected_dir, config)
+  got, got_ref, meta = final_params(got_dir, config)
   assert meta['global_step'] == 26
   for a, b in zip(jax.tree.leaves((expected, expected_ref)), jax.tree.leaves((got, got_ref))):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
   # The same data was seen at every step, and every step was logged exactly once.
   data = lambda path: [(r['step'], r['data']) for r in read_jsonl(path) if 'data' in r]
-  assert data(metrics_path) == data(os.path.join(uninterrupted, 'metrics.jsonl'))
+  assert (data(os.path.join(got_dir, 'metrics.jsonl')) ==
+          data(os.path.join(expected_dir, 'metrics.jsonl')))
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_an_uninterrupted_run(smoke_run, tmp_path):
+  uninterrupted, _ = smoke_run
+  workdir = str(tmp_path / 'interrupted')
+  _interrupt_and_resume(workdir)
+  _assert_same_run(uninterrupted, workdir, smoke_config())
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_on_the_warm_start_and_resumes_exactly(tmp_path):
+  """With LoRA the phases after the warm start train adapters only: the reference is the warm
+  start itself, the checkpoints hold the adapters, and a preempted run resumes to the same
+  merged weights as an uninterrupted one."""
+  # An easier task and a faster warm start than the smoke config's, and Stage II only (it
+  # rewards both attempts): the smoke base model is never right, so its RL gradients are zero
+  # and the adapters would not move.
+  settings = {'lora.rank': 4, 'task.num_operands': 2, 'task.train_size': 90,
+              'task.test_size': 32, 'sft.optimizer.warmup_steps': 0,
+              'sft.optimizer.learning_rate': 1e-2, 'schedule': 'sft:16,stage2:10'}
+  overrides = [f'--config.{key}={value}' for key, value in settings.items()]
+  uninterrupted = str(tmp_path / 'uninterrupted')
+  result = run_train(uninterrupted, *overrides)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  config = smoke_config(**settings)
+  checkpointer = Checkpointer(os.path.join(uninterrupted, 'checkpoints'), async_save=False)
+  meta = checkpointer.read_meta()
+  assert meta['lora_adapters'] and meta['has_reference']
+  adapted = Experiment.from_config(config, uninterrupted).model('train', adapted=True)
+  adapters = checkpointer.restore_params(abstract_params_of(adapted, trainable=True))
+  checkpointer.close()
+  assert jax.tree.leaves(adapters) and all('lora' in jax.tree_util.keystr(path) for path, _ in
+                                           jax.tree_util.tree_flatten_with_path(adapters)[0])
+  merged, reference, _ = final_params(uninterrupted, config)
+  moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+           for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(reference))]
+  assert max(moved) > 0  # The adapters moved the policy off its base.
+  # Only the adapted kernels differ from the base: norms and embeddings are frozen.
+  for path, a in jax.tree_util.tree_flatten_with_path(merged)[0]:
+    if not jax.tree_util.keystr(path).endswith("_kernel']"):
+      b = reference
+      for key in path:
+        b = b[key.key]
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  workdir = str(tmp_path / 'interrupted')
+  stopped_at = _interrupt_and_resume(workdir, *overrides, stop_after=18)
+  assert stopped_at > 16  # It stopped in Stage II: the resumed run restored adapters.
+  _assert_same_run(uninterrupted, workdir, config)
 
 
 @pytest.mark.slow

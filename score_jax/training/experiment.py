@@ -101,9 +101,17 @@ class Experiment:
 
   # ---- models -------------------------------------------------------------------------------
 
-  def model(self, rules: str = 'train') -> Decoder:
-    """The decoder under the training or the sampling rule set of the mesh."""
-    return Decoder(self.model_config, sharding.MeshRules(self.mesh, sharding.RULE_SETS[rules]))
+  def model(self, rules: str = 'train', adapted: bool = False) -> Decoder:
+    """The decoder under the training or the sampling rule set of the mesh; ``adapted``: with
+    the LoRA adapters of ``config.lora`` (the model of the phases after the warm start)."""
+    model_config = self.model_config
+    if adapted:
+      model_config = config_lib.adapted_model_config(model_config, self.config)
+    return Decoder(model_config, sharding.MeshRules(self.mesh, sharding.RULE_SETS[rules]))
+
+  @property
+  def uses_lora(self) -> bool:
+    return bool(self.config.get('lora') and self.config.lora.rank)
 
   def initial_params(self, seed: int):
     """``(params, logical_axes)`` in the training layout: the imported checkpoint's

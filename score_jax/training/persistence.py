@@ -26,7 +26,7 @@ from score_jax.checkpoints import Checkpointer
 from score_jax.training.errors import Diverged, InvalidRun, StorageFault, storage_reason
 from score_jax.training.phases import Phase
 from score_jax.training.progress import RunProgress
-from score_jax.training.steps import abstract_train_state, make_optimizer
+from score_jax.training.steps import abstract_params_of, abstract_train_state, make_optimizer
 
 T = TypeVar('T')
 
@@ -35,12 +35,24 @@ class RunCheckpoints:
   """Resumes and saves one run's steps in its ``Checkpointer``."""
 
   def __init__(self, checkpointer: Checkpointer, config, phases: list[Phase], train_model,
-               log: Callable[[str], None]):
+               log: Callable[[str], None], policy_model=None):
+    """``train_model`` trains the warm start and runs the reference; ``policy_model`` (the
+    adapted model with LoRA, else ``train_model``) is trained by the phases after it."""
     self.checkpointer = checkpointer
     self.config = config
     self.phases = phases
     self.train_model = train_model
+    self.policy_model = policy_model if policy_model is not None else train_model
     self._log = log
+
+  def model_of(self, phase: Phase):
+    """The model a phase trains: with LoRA, the adapters of every phase after the warm start."""
+    return self.train_model if phase.is_warm_start else self.policy_model
+
+  def holds_adapters(self, progress: RunProgress) -> bool:
+    """Whether the train state at ``progress`` holds LoRA adapters rather than every weight."""
+    phase = self.phases[min(progress.phase_index, len(self.phases) - 1)]
+    return self.model_of(phase).config.lora_rank > 0
 
   def restore(self) -> tuple[RunProgress, Any, Any]:
     """``(progress, train state, reference or None)`` of the newest readable checkpoint.
@@ -71,9 +83,9 @@ class RunCheckpoints:
     progress = RunProgress.from_meta(meta)
     phase = self.phases[progress.phase_index]
     tx = make_optimizer(phase.config_section(self.config).optimizer, phase.steps)
-    target = abstract_train_state(self.train_model, tx)
-    state, reference, _ = self.checkpointer.restore(
-        target, target.params if meta['has_reference'] else None, step)
+    target = abstract_train_state(self.model_of(phase), tx)
+    reference = abstract_params_of(self.train_model) if meta['has_reference'] else None
+    state, reference, _ = self.checkpointer.restore(target, reference, step)
     return progress, state, reference
 
   def save(self, progress: RunProgress, state, reference) -> None:
@@ -89,6 +101,7 @@ class RunCheckpoints:
     if not _all_finite(state.params):
       self.diverged(f'non-finite parameters at step {step}')
     meta = dict(progress.to_meta(), has_reference=reference is not None,
+                lora_adapters=self.holds_adapters(progress),
                 config=json.loads(self.config.to_json_best_effort()))
     self.checkpointer.save(step, state, meta, reference=reference)
 

@@ -6,6 +6,11 @@ state in the layout the model's mesh rules give the parameters (Adam moments lik
 parameters, counters replicated), so the next step's input is laid out exactly like this
 step's and nothing recompiles. ``abstract_train_state`` is that layout without any arrays:
 the restore target of a checkpoint and the input of an ahead-of-time compile.
+
+With LoRA (``model.config.lora_rank > 0``) the train state holds only the adapters
+(``score_jax.model.lora``): each step takes the frozen base weights as an argument (the RL
+step's reference model is that same base), differentiates the adapted model with respect to
+the adapters alone, and updates them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax.model import Decoder, abstract_params, token_logprobs
+from score_jax.model import Decoder, abstract_params, lora, token_logprobs
 from score_jax.rl import (RLBatch, RLSettings, masked_mean, policy_logprobs, rl_loss,
                           rl_token_loss, sft_loss, stage_token_weights)
 from score_jax.sharding import map_row_chunks
@@ -91,6 +96,20 @@ def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
 # ---- the train state's layout ------------------------------------------------------------------
 
 
+def trainable_params(model: Decoder):
+  """``(shapes, logical_axes)`` of what a train state of ``model`` holds and updates: every
+  parameter, or with LoRA the adapters alone."""
+  if model.config.lora_rank:
+    return lora.abstract_adapters(model)
+  return abstract_params(model)
+
+
+def policy_params(model: Decoder, trained, base):
+  """The full parameter tree ``model`` runs: ``trained`` itself, or with LoRA the frozen
+  ``base`` with the ``trained`` adapters added."""
+  return lora.combine(base, trained) if model.config.lora_rank else trained
+
+
 def train_state_shardings(model: Decoder, tx: optax.GradientTransformation):
   """The ``TrainState`` of shardings an update keeps its state in, or None without a mesh.
 
@@ -100,7 +119,7 @@ def train_state_shardings(model: Decoder, tx: optax.GradientTransformation):
   rules = model.mesh_rules
   if rules is None:
     return None
-  shapes, axes = abstract_params(model)
+  shapes, axes = trainable_params(model)
   params = rules.shardings(axes, shapes)
   opt_state = jax.eval_shape(tx.init, shapes)
   opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_state, params,
@@ -108,10 +127,11 @@ def train_state_shardings(model: Decoder, tx: optax.GradientTransformation):
   return TrainState(step=rules.replicated(), params=params, opt_state=opt_shardings)
 
 
-def abstract_params_of(model: Decoder):
-  """The parameters as ``ShapeDtypeStruct``s with the shardings the model's mesh rules give
-  them (the layout ``init_params`` creates them in), computing nothing."""
-  shapes, axes = abstract_params(model)
+def abstract_params_of(model: Decoder, trainable: bool = False):
+  """The parameters (or with ``trainable`` what a train state holds of them: with LoRA, the
+  adapters) as ``ShapeDtypeStruct``s with the shardings the model's mesh rules give them
+  (the layout ``init_params`` creates them in), computing nothing."""
+  shapes, axes = trainable_params(model) if trainable else abstract_params(model)
   if model.mesh_rules is None:
     return shapes
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -122,7 +142,7 @@ def abstract_params_of(model: Decoder):
 def abstract_train_state(model: Decoder, tx: optax.GradientTransformation) -> TrainState:
   """The train state as ``ShapeDtypeStruct``s with their shardings, computing nothing."""
   shapes = jax.eval_shape(functools.partial(TrainState.create, tx=tx),
-                          abstract_params(model)[0])
+                          trainable_params(model)[0])
   shardings = train_state_shardings(model, tx)
   if shardings is None:
     return shapes
@@ -150,13 +170,15 @@ def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation)
 
 
 def sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int,
-             train_attempt1: bool, state: TrainState, batch: Rollout):
+             train_attempt1: bool, state: TrainState, batch: Rollout, base_params=None):
   """One teacher-forced update on the attempt tokens of packed trajectories: both attempts,
-  or with ``train_attempt1=False`` only attempt 2 (attempt 1 is then context only)."""
+  or with ``train_attempt1=False`` only attempt 2 (attempt 1 is then context only).
+  ``base_params``: the frozen base weights, with LoRA (else None)."""
   loss_mask = batch.segments == ATTEMPT2
   if train_attempt1:
     loss_mask |= batch.segments == ATTEMPT1
-  grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
+  loss = lambda p, *args: sft_loss(policy_params(model, p, base_params), *args)
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
   (_, metrics), grads = grad_fn(state.params, model, batch.tokens, batch.positions, batch.valid,
                                 loss_mask, logprob_chunk)
   metrics['grad_norm'] = optax.global_norm(grads)
@@ -170,12 +192,15 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
 
   REINFORCE is the on-policy case (one epoch, one minibatch); PPO reuses the batch for
   ``ppo_epochs`` passes with the sampler's log-probs as π_old. ``replayed_first`` [B] marks
-  rows whose attempt 1 the policy did not sample (``stage_token_weights``).
+  rows whose attempt 1 the policy did not sample (``stage_token_weights``). With LoRA,
+  ``ref_params`` is the frozen base the adapters in ``state`` are added to.
   """
   # The reference forward runs one minibatch of rows at a time, like the updates, so that
   # its activations never span the whole batch.
+  ref_model = lora.base_model(model)
   ref_logp = jax.lax.stop_gradient(map_row_chunks(
-      lambda rows: token_logprobs(model, ref_params, *rows, chunk_size=settings.logprob_chunk),
+      lambda rows: token_logprobs(ref_model, ref_params, *rows,
+                                  chunk_size=settings.logprob_chunk),
       settings.minibatches, (rollout.tokens, rollout.positions, rollout.valid)))
   weights = stage_token_weights(settings, r1, r2, rollout.segments, replayed_first)
   batch = RLBatch(tokens=rollout.tokens, valid=rollout.valid, positions=rollout.positions,
@@ -187,7 +212,7 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
 
   def one_minibatch(state, rows):
     part = jax.tree.map(lambda x: x[rows], batch)
-    grads, metrics = _rl_gradients(model, settings, state.params, part)
+    grads, metrics = _rl_gradients(model, settings, state.params, part, ref_params)
     metrics['grad_norm'] = optax.global_norm(grads)
     return _apply_gradients(state, grads, tx), metrics
 
@@ -206,7 +231,7 @@ def rl_step(model: Decoder, tx: optax.GradientTransformation, settings: RLSettin
   return state, metrics
 
 
-def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch):
+def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch, base_params):
   """(gradient of ``rl_loss``, its metrics); with ``settings.attempt_grad_norms`` the metrics
   also hold the gradient norm of each attempt's term (its policy gradient and KL).
 
@@ -214,14 +239,16 @@ def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch):
   training (a sum of per-attempt gradients would differ from it by rounding, and sampling
   turns that into a different run). Attempt 1's term is pulled back from d loss / d logp on its
   tokens; attempt 2's is the rest of the gradient, so where attempt 2 has no term its norm is
-  zero up to rounding.
+  zero up to rounding. ``params`` are the trained parameters (with LoRA the adapters, added
+  to ``base_params``).
   """
-  (_, metrics), grads = jax.value_and_grad(rl_loss, has_aux=True)(params, model, batch,
-                                                                   settings)
+  full = lambda p: policy_params(model, p, base_params)
+  (_, metrics), grads = jax.value_and_grad(lambda p: rl_loss(full(p), model, batch, settings),
+                                           has_aux=True)(params)
   if not settings.attempt_grad_norms:
     return grads, metrics
-  (logp, entropy), backward = jax.vjp(lambda p: policy_logprobs(p, model, batch, settings),
-                                      params)
+  (logp, entropy), backward = jax.vjp(
+      lambda p: policy_logprobs(full(p), model, batch, settings), params)
   dloss_dlogp = jax.grad(lambda lp: rl_token_loss(lp, entropy, batch, settings)[0])(logp)
   in_attempt1 = batch.segments == ATTEMPT1
   grads1, = backward((jnp.where(in_attempt1, dloss_dlogp, 0.0), jnp.zeros_like(entropy)))
@@ -232,7 +259,8 @@ def _rl_gradients(model: Decoder, settings: RLSettings, params, batch: RLBatch):
 
 def make_sft_step(model: Decoder, tx: optax.GradientTransformation, logprob_chunk: int = 256,
                   train_attempt1: bool = True):
-  """``fn(state, batch) -> (state, metrics)``, jitted, the state donated."""
+  """``fn(state, batch[, base_params]) -> (state, metrics)``, jitted, the state donated
+  (``base_params`` with LoRA)."""
   return jax.jit(functools.partial(sft_step, model, tx, logprob_chunk, train_attempt1),
                  donate_argnums=(0,), out_shardings=_step_out_shardings(model, tx))
 

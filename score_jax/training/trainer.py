@@ -24,6 +24,7 @@ the checkpoints, and reporting a storage fault, are ``score_jax.training.persist
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import numpy as np
 from score_jax import distributed, paths, reporting
 from score_jax.checkpoints import Checkpointer
 from score_jax.compilation import count_compilations
-from score_jax.model import abstract_params, cast_floating
+from score_jax.model import abstract_params, cast_floating, lora
 from score_jax.sampling import SamplingParams
 from score_jax.training import self_sft
 from score_jax.training.batches import encode_traces, rl_examples
@@ -83,6 +84,10 @@ class Trainer:
     self.exp = experiment
     self.is_main_process = distributed.is_main_process()
     self.train_model = experiment.model('train')
+    # With LoRA the phases after the warm start train adapters on the frozen base, which is
+    # then the reference model; self.params holds what the current phase trains.
+    self.policy_model = experiment.model('train', adapted=True)
+    self.merge_adapters = _merge_fn(self.train_model, self.policy_model)
     self.sample_model = experiment.model('sample')
     # Every warm-start phase's traces, tokenised and checked against the slots before any
     # training.
@@ -104,7 +109,8 @@ class Trainer:
     self.checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      max_to_keep=c.checkpoint.max_to_keep,
                                      async_save=c.checkpoint.async_save)
-    self.checkpoints = RunCheckpoints(self.checkpointer, c, phases, self.train_model, self._log)
+    self.checkpoints = RunCheckpoints(self.checkpointer, c, phases, self.train_model, self._log,
+                                      self.policy_model)
     self.known_base_eval = base_eval
     self.progress = RunProgress(schedule=c.schedule)
     self.reference = None  # Frozen at the start of the first phase after the warm start.
@@ -164,11 +170,14 @@ class Trainer:
   def _run_phase(self, phase: Phase, state) -> None:
     c, progress = self.config, self.progress
     tx = make_optimizer(phase.config_section(c).optimizer, phase.steps)
-    self._state = state = state if state is not None else make_create_state(
-        self.train_model, tx)(self.params)
+    model = self.checkpoints.model_of(phase)
     if not phase.is_warm_start and self.reference is None:
-      self._freeze_reference(state.params)
-    runner = self._runner(phase, tx)
+      self._freeze_reference(self.params)
+      if self.exp.uses_lora:
+        self.params = lora.init_adapters(model, jax.random.key(c.seed))
+    self._state = state = state if state is not None else make_create_state(
+        model, tx)(self.params)
+    runner = self._runner(phase, tx, model)
     self._log(f'== phase {progress.phase_index + 1}/{len(self.phases)}: {phase.kind} for '
               f'{phase.steps} steps (from step {progress.phase_step}) ==')
     self.progress_log.start_phase(progress)
@@ -207,7 +216,7 @@ class Trainer:
     if (not phase.is_warm_start and c.eval.every_steps and
         progress.global_step % c.eval.every_steps == 0 and
         progress.global_step < self.total_steps):  # The final evaluation is _finish's.
-      self._evaluate(state.params, 'eval')
+      self._evaluate(self.policy_weights(state.params), 'eval')
     if progress.global_step % c.checkpoint.every_steps == 0 or at_phase_end:
       self._save(state)
     self._stop_if_preempted()
@@ -218,14 +227,23 @@ class Trainer:
     The reference is kept only once its evaluation is done, so that a run preempted during
     the evaluation resumes by freezing and evaluating it again.
     """
-    reference = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
+    # With LoRA the base weights themselves (they are never updated again), else a copy.
+    reference = (params if self.exp.uses_lora else
+                 jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params))
     if self.known_base_eval is not None:
       self.progress.base_eval = self.known_base_eval
     else:
       self.progress.base_eval = self._evaluate(reference, 'base')
     self.reference = reference
 
-  def _runner(self, phase: Phase, tx) -> RLRunner | SFTRunner:
+  def policy_weights(self, params):
+    """The full weights of the policy whose trained parameters are ``params``: with LoRA,
+    after the warm start, the base with the adapters merged in; else ``params``."""
+    if self.exp.uses_lora and self.reference is not None:
+      return self.merge_adapters(self.reference, params)
+    return params
+
+  def _runner(self, phase: Phase, tx, model) -> RLRunner | SFTRunner:
     """The step runner of a phase: its jitted step and the data each step draws."""
     c = self.config
     if phase.is_rl:
@@ -234,10 +252,10 @@ class Trainer:
       if phase.kind == 'stage2' and c.rl.stage2_base_first_attempts > 0:
         replay = FirstAttemptReplay(self.scorers[False], self.to_sampling_layout(self.reference),
                                     c.rl.stage2_base_first_attempts, c.rl.num_samples)
-      return RLRunner(make_rl_step(self.train_model, tx, rl_settings(c, phase.kind)),
+      return RLRunner(make_rl_step(model, tx, rl_settings(c, phase.kind)),
                       self.scorers[phase.two_turns], self.sampling, self.reference,
-                      self.to_sampling_layout, lambda i: self._rl_examples(first + i),
-                      phase.steps, replay)
+                      lambda p: self.to_sampling_layout(self.policy_weights(p)),
+                      lambda i: self._rl_examples(first + i), phase.steps, replay)
     if phase.is_warm_start:
       traces, batch_size = self.sft_traces[self.progress.phase_index], c.sft.batch_size
       num_updates = phase.steps
@@ -247,8 +265,10 @@ class Trainer:
                                               c.self_sft.epochs)
       self._log(f'   {phase.kind}: {num_updates} SFT steps ({c.self_sft.epochs or "no"} epoch '
                 f'limit, {len(traces)} traces, batch {batch_size}, at most {phase.steps} steps)')
-    step_fn = make_sft_step(self.train_model, tx, c.logprob_chunk, train_attempt1=(
+    step_fn = make_sft_step(model, tx, c.logprob_chunk, train_attempt1=(
         phase.is_warm_start or c.self_sft.train_attempt1))
+    if model.config.lora_rank:
+      step_fn = functools.partial(step_fn, base_params=self.reference)
     return SFTRunner(step_fn, traces, batch_size, num_updates, self.exp.spec, self.rows)
 
   def _rl_examples(self, rl_step_index: int) -> list:
@@ -284,8 +304,8 @@ class Trainer:
       first = self.progress.steps_before(self.phases, lambda p: p.samples_rollouts)
       step = self.progress.global_step
       traces, totals = collect_self_sft_traces(
-          phase, self.scorers[True], self.to_sampling_layout(self.params), self.sampling,
-          lambda i: self._rl_examples(first + i),
+          phase, self.scorers[True], self.to_sampling_layout(self.policy_weights(self.params)),
+          self.sampling, lambda i: self._rl_examples(first + i),
           lambda i: jax.random.fold_in(jax.random.key(c.seed), step + i), c.self_sft,
           seed=c.seed + index, log=self._log, log_every=c.log_every_steps)
       self.writer.write(step, totals, phase=f'{phase.kind}_sampling')
@@ -332,7 +352,7 @@ class Trainer:
 
   def _finish(self) -> dict:
     progress = self.progress
-    final_eval = self._evaluate(self.params, 'final')
+    final_eval = self._evaluate(self.policy_weights(self.params), 'final')
     summary = dict(base=progress.base_eval, final=final_eval, wall_s=progress.wall_s,
                    best_training_reward=progress.best, schedule=self.config.schedule,
                    steps=progress.global_step)
@@ -342,6 +362,17 @@ class Trainer:
           os.path.join(self.workdir, 'metrics.jsonl'), self.phases, self.known_base_eval)
       reporting.write_run_summary(self.workdir, summary)
     return summary
+
+
+def _merge_fn(train_model, policy_model):
+  """``fn(base, adapters)``: the base with the adapters merged in, in the training layout."""
+  if not policy_model.config.lora_rank:
+    return None
+  merge = functools.partial(lora.merge_weights, scale=policy_model.config.lora_scale)
+  if train_model.mesh_rules is None:
+    return jax.jit(merge)
+  shapes, axes = abstract_params(train_model)
+  return jax.jit(merge, out_shardings=train_model.mesh_rules.shardings(axes, shapes))
 
 
 def _sampling_layout_fn(train_model, sample_model):
