@@ -41,7 +41,7 @@ from score_jax import distributed, orbax_failures, paths
 from score_jax.checkpoint_integrity import first_line, step_problems
 from score_jax.model import lora
 from score_jax.training.errors import StorageFault, storage_reason
-from score_jax.training.steps import abstract_params_of
+from score_jax.training.steps import abstract_params_of, abstract_reference_of
 
 T = TypeVar('T')
 UNREADABLE_SUFFIX = '.unreadable'  # Where an unreadable step is moved (never deleted).
@@ -370,8 +370,9 @@ def checkpoint_dir(path: str) -> tuple[str, str]:
 
 
 def restore_models(experiment, checkpointer: Checkpointer, step: int | None = None,
-                   with_reference: bool = True):
-  """(policy params, reference params or None) of a checkpoint step (default: the latest).
+                   with_reference: bool = True, with_policy: bool = True):
+  """(policy params or None, reference params or None) of a checkpoint step (default: the
+  latest).
 
   A LoRA run's step holds adapters and their base (the reference): the policy returned is
   the base with the adapters merged in, the plain model's weights.
@@ -383,19 +384,26 @@ def restore_models(experiment, checkpointer: Checkpointer, step: int | None = No
     experiment: the ``Experiment`` the run's config builds (model and mesh).
     checkpointer: open on the run's checkpoints directory.
     step: the checkpoint step.
-    with_reference: also read the frozen reference model, when the checkpoint has one.
+    with_reference: also read the frozen reference model, when the checkpoint has one (in
+      the dtype it was kept in, ``rl.reference_dtype``).
+    with_policy: read the policy (False: the reference alone).
   """
-  target = abstract_params_of(experiment.model('train'))
+  model = experiment.model('train')
+  target = abstract_params_of(model)
+  reference_target = abstract_reference_of(model, experiment.config)
   meta = checkpointer.read_meta(step)
+  if not with_policy:
+    return None, (checkpointer.restore_params(reference_target, step, reference=True)
+                  if with_reference and meta.get('has_reference') else None)
   if meta.get('lora_adapters'):
     # The state holds LoRA adapters; the reference is the base they are merged into.
     adapted = experiment.model('train', adapted=True)
     adapters = checkpointer.restore_params(abstract_params_of(adapted, trainable=True), step)
-    reference = checkpointer.restore_params(target, step, reference=True)
-    params = jax.jit(functools.partial(lora.merge_weights, scale=adapted.config.lora_scale))(
-        reference, adapters)
+    reference = checkpointer.restore_params(reference_target, step, reference=True)
+    params = jax.jit(functools.partial(lora.merge_weights, scale=adapted.config.lora_scale,
+                                       dtype=model.config.jnp_param_dtype))(reference, adapters)
     return params, reference if with_reference else None
   params = checkpointer.restore_params(target, step)
-  reference = (checkpointer.restore_params(target, step, reference=True)
+  reference = (checkpointer.restore_params(reference_target, step, reference=True)
                if with_reference and meta.get('has_reference') else None)
   return params, reference

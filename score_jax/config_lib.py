@@ -178,10 +178,19 @@ def build_mesh(mesh: ml_collections.ConfigDict | dict,
 
 # ---- the training config ------------------------------------------------------------------
 
+# What a stored copy (Adam's moments, the reference model) may be kept in; '': the parameters'
+# own dtype.
+STORAGE_DTYPES = ('', 'float32', 'bfloat16')
+
+
 def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
+  """An optimizer section. ``moment_dtype``: the dtype Adam's two moments are stored in
+  (computed in fp32 at every step); '' keeps the parameters' dtype, 'bfloat16' halves the
+  optimizer state of fp32 master weights."""
   return ml_collections.ConfigDict(dict(
       name='adam', learning_rate=learning_rate, warmup_steps=0, decay='constant',
-      final_fraction=0.0, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+      final_fraction=0.0, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      moment_dtype=''))
 
 
 def base_train_config() -> ml_collections.ConfigDict:
@@ -220,6 +229,9 @@ def base_train_config() -> ml_collections.ConfigDict:
   # stage_learning_rate.<kind>: that RL phase's own peak learning rate (0: rl.optimizer's).
   # attempt_grad_norms: also log the gradient norm of each attempt's term (one more backward
   # pass; the update is unchanged; the diagnostics of docs/stage2.md).
+  # reference_dtype: the dtype the frozen reference (base) model is kept in ('': the
+  # parameters'; 'bfloat16' halves it beside fp32 master weights; it is never updated, so
+  # nothing rounds away, and its forward runs in the compute dtype anyway).
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, stage2_beta_attempt1=0.0,
@@ -228,7 +240,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       normalize_std=False, shaping_baseline='all_samples', optimizer=optimizer_config(5e-6),
       stage_learning_rate=ml_collections.ConfigDict(dict(stage1=0.0, stage2=0.0,
                                                          single_turn=0.0)),
-      attempt_grad_norms=False))
+      attempt_grad_norms=False, reference_dtype=''))
   # The SFT baselines on the model's own samples (phases star and pair_sft): a phase of N
   # steps samples N rl.batch_size batches of two-attempt rollouts, builds its traces from them
   # (score_jax.training.self_sft) and then takes SFT steps of batch_size traces: `epochs` passes over
@@ -276,6 +288,7 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   _check_choice_field('rl.algorithm', rl.algorithm, rl_lib.ALGORITHMS)
   _check_choice_field('rl.kl_estimator', rl.kl_estimator, rl_lib.KL_ESTIMATORS)
   _check_choice_field('rl.baseline', rl.baseline, rl_lib.BASELINES)
+  _check_choice_field('rl.reference_dtype', rl.get('reference_dtype', ''), STORAGE_DTYPES)
   _check_choice_field('rl.shaping_baseline', rl.shaping_baseline, rl_lib.SHAPING_BASELINES)
   if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
     raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
@@ -329,6 +342,8 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
                         ('adam', 'adamw'))
     _check_choice_field(f'{section}.optimizer.decay', c[section].optimizer.decay,
                         ('constant', 'cosine'))
+    _check_choice_field(f'{section}.optimizer.moment_dtype',
+                        c[section].optimizer.get('moment_dtype', ''), STORAGE_DTYPES)
     if section == 'self_sft' and c.self_sft.epochs < 0:
       raise ValueError(f'self_sft.epochs must be >= 0 (0: no limit); got {c.self_sft.epochs}.')
     if not 0 <= c[section].optimizer.final_fraction <= 1:

@@ -41,12 +41,12 @@ from ml_collections import config_flags
 import ml_collections
 
 from score_jax import config_lib, distributed, paths, reporting
-from score_jax.checkpoints import Checkpointer, UnreadableCheckpoint, checkpoint_dir
+from score_jax.checkpoints import (Checkpointer, UnreadableCheckpoint, checkpoint_dir,
+                                   restore_models)
 from score_jax.sampling import SamplingParams
 from score_jax.training.errors import EXIT_INVALID, EXIT_STORAGE, StorageFault
 from score_jax.training.evaluation import Evaluator
 from score_jax.training.experiment import Experiment
-from score_jax.training.steps import abstract_params_of
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file to use instead of the one stored in the checkpoint.',
@@ -90,11 +90,13 @@ def load_models(config):
   config = config or ml_collections.ConfigDict(meta['config'])
   with distributed.main_process_first('data'):
     experiment = Experiment.from_config(config, workdir, with_train_split=False)
-  target = abstract_params_of(experiment.model('train'))
 
   def load(reference: bool):
+    # The policy of a LoRA run is its base with the adapters merged in (restore_models).
     with _open(directory) as checkpointer:
-      return checkpointer.restore_params(target, step, reference=reference)
+      policy, base = restore_models(experiment, checkpointer, step, with_reference=reference,
+                                    with_policy=not reference)
+    return base if reference else policy
 
   models = [('base', lambda: load(True))] if meta['has_reference'] and _BASE.value else []
   return config, experiment, workdir, models + [(f'step {step}', lambda: load(False))]

@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ from score_jax import config_lib
 from score_jax.checkpoints import Checkpointer, restore_models
 from score_jax.model import init_params
 from score_jax.training.experiment import Experiment
-from score_jax.training.steps import abstract_params_of
+from score_jax.training.steps import abstract_params_of, abstract_reference_of
 from score_jax.writers import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,12 +178,14 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(smoke_run, tmp_path):
 @pytest.mark.slow
 def test_lora_trains_adapters_on_the_warm_start_and_resumes_exactly(tmp_path):
   """With LoRA the phases after the warm start train adapters only: the reference is the warm
-  start itself, the checkpoints hold the adapters, and a preempted run resumes to the same
-  merged weights as an uninterrupted one."""
+  start itself (here in bf16), the checkpoints hold the adapters, and a preempted run resumes
+  to the same merged weights as an uninterrupted one."""
   # An easier task and a faster warm start than the smoke config's, and Stage II only (it
   # rewards both attempts): the smoke base model is never right, so its RL gradients are zero
   # and the adapters would not move.
-  settings = {'lora.rank': 4, 'task.num_operands': 2, 'task.train_size': 90,
+  # The frozen base kept in bf16 beside the fp32 adapters, the smallest-memory set-up.
+  settings = {'lora.rank': 4, 'rl.reference_dtype': 'bfloat16', 'task.num_operands': 2,
+              'task.train_size': 90,
               'task.test_size': 32, 'sft.optimizer.warmup_steps': 0,
               'sft.optimizer.learning_rate': 1e-2, 'schedule': 'sft:16,stage2:10'}
   overrides = [f'--config.{key}={value}' for key, value in settings.items()]
@@ -193,6 +196,9 @@ def test_lora_trains_adapters_on_the_warm_start_and_resumes_exactly(tmp_path):
   checkpointer = Checkpointer(os.path.join(uninterrupted, 'checkpoints'), async_save=False)
   meta = checkpointer.read_meta()
   assert meta['lora_adapters'] and meta['has_reference']
+  assert {x.dtype for x in jax.tree.leaves(checkpointer.restore_params(
+      abstract_reference_of(Experiment.from_config(config, uninterrupted).model('train'),
+                            config), reference=True))} == {jnp.dtype('bfloat16')}
   adapted = Experiment.from_config(config, uninterrupted).model('train', adapted=True)
   adapters = checkpointer.restore_params(abstract_params_of(adapted, trainable=True))
   checkpointer.close()
@@ -209,6 +215,18 @@ def test_lora_trains_adapters_on_the_warm_start_and_resumes_exactly(tmp_path):
       for key in path:
         b = b[key.key]
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # score_jax.evaluate merges the adapters the same way: its row is the run's final one.
+  output = str(tmp_path / 'eval.json')
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  evaluated = subprocess.run([sys.executable, '-m', 'score_jax.evaluate',
+                              f'--checkpoint={uninterrupted}', f'--output={output}'],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  final = json.load(open(os.path.join(uninterrupted, 'summary.json')))['final']
+  row = json.load(open(output))['rows']['step 26']
+  for field in ('acc_t1', 'acc_t2', 'edit_ratio', 'different_answer_rate'):
+    assert row[field] == pytest.approx(final[field]), field
 
   workdir = str(tmp_path / 'interrupted')
   stopped_at = _interrupt_and_resume(workdir, *overrides, stop_after=18)

@@ -20,7 +20,8 @@ from score_jax.aot.slices import Slice
 from score_jax.model import Decoder, ModelConfig, abstract_params, cast_floating, empty_cache
 from score_jax.sampling import SamplingParams, make_rollout_fn
 from score_jax.training.phases import Phase
-from score_jax.training.steps import abstract_train_state, make_optimizer, make_rl_step, rl_settings
+from score_jax.training.steps import (abstract_reference_of, abstract_train_state, make_optimizer,
+                                      make_rl_step, rl_settings)
 
 
 @dataclasses.dataclass
@@ -78,7 +79,7 @@ def check(config: ml_collections.ConfigDict) -> Result:
 
   tx = make_optimizer(config.rl.optimizer, phase.steps)
   state = abstract_train_state(train_model, tx)  # The trainer's layout, not a copy of it.
-  reference = state.params
+  reference = abstract_reference_of(train_model, config)  # In rl.reference_dtype.
   # The trainer gathers the weights for sampling in the compute dtype (Trainer.__init__).
   params_shape, axes = abstract_params(train_model)
   sample_shape = cast_floating(params_shape, model_config.jnp_dtype)

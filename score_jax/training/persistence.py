@@ -26,7 +26,7 @@ from score_jax.checkpoints import Checkpointer
 from score_jax.training.errors import Diverged, InvalidRun, StorageFault, storage_reason
 from score_jax.training.phases import Phase
 from score_jax.training.progress import RunProgress
-from score_jax.training.steps import abstract_params_of, abstract_train_state, make_optimizer
+from score_jax.training.steps import abstract_reference_of, abstract_train_state, make_optimizer
 
 T = TypeVar('T')
 
@@ -84,7 +84,8 @@ class RunCheckpoints:
     phase = self.phases[progress.phase_index]
     tx = make_optimizer(phase.config_section(self.config).optimizer, phase.steps)
     target = abstract_train_state(self.model_of(phase), tx)
-    reference = abstract_params_of(self.train_model) if meta['has_reference'] else None
+    reference = (abstract_reference_of(self.train_model, self.config) if meta['has_reference']
+                 else None)
     state, reference, _ = self.checkpointer.restore(target, reference, step)
     return progress, state, reference
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_jax.model import Decoder, abstract_params, lora, token_logprobs
+from score_jax.model import Decoder, abstract_params, cast_floating, lora, token_logprobs
 from score_jax.rl import (RLBatch, RLSettings, masked_mean, policy_logprobs, rl_loss,
                           rl_token_loss, sft_loss, stage_token_weights)
 from score_jax.sharding import map_row_chunks
@@ -72,10 +72,26 @@ def make_optimizer(config: ml_collections.ConfigDict,
                       weight_decay=config.weight_decay)
   else:
     raise ValueError(f"optimizer.name must be 'adam' or 'adamw'; got {config.name!r}.")
+  if config.get('moment_dtype'):
+    opt = _state_stored_in(opt, jnp.dtype(config.moment_dtype))
   # Both branches keep the same state structure, so a run resumed with clipping switched
   # on or off still restores its optimizer state.
   clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
   return optax.chain(clip, opt)
+
+
+def _state_stored_in(tx: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """``tx`` with the floating leaves of its state (Adam's moments) stored in ``dtype`` and
+  each update computed in fp32 from them (optax's own ``mu_dtype`` covers the first moment
+  only)."""
+  def init(params):
+    return cast_floating(tx.init(params), dtype)
+
+  def update(updates, state, params=None):
+    updates, state = tx.update(updates, cast_floating(state, jnp.float32), params)
+    return updates, cast_floating(state, dtype)
+
+  return optax.GradientTransformation(init, update)
 
 
 def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
@@ -137,6 +153,18 @@ def abstract_params_of(model: Decoder, trainable: bool = False):
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                                 sharding=sharding),
                       shapes, model.mesh_rules.shardings(axes, shapes))
+
+
+def reference_dtype(model: Decoder, config: ml_collections.ConfigDict):
+  """The dtype the run keeps its frozen reference model in (``rl.reference_dtype``, by
+  default the parameters')."""
+  return jnp.dtype(config.rl.get('reference_dtype') or model.config.param_dtype)
+
+
+def abstract_reference_of(model: Decoder, config: ml_collections.ConfigDict):
+  """The reference model's parameters as ``ShapeDtypeStruct``s (a checkpoint's restore
+  target): ``abstract_params_of(model)`` in ``reference_dtype``."""
+  return cast_floating(abstract_params_of(model), reference_dtype(model, config))
 
 
 def abstract_train_state(model: Decoder, tx: optax.GradientTransformation) -> TrainState:

@@ -54,7 +54,7 @@ from score_jax.training.runners import (FirstAttemptReplay, RLRunner, SFTRunner,
                                        collect_self_sft_traces)
 from score_jax.training.scoring import BatchRows, RolloutScorer
 from score_jax.training.steps import (make_create_state, make_optimizer, make_rl_step,
-                                      make_sft_step, rl_settings)
+                                      make_sft_step, reference_dtype, rl_settings)
 from score_jax.writers import MetricWriter
 
 
@@ -227,14 +227,18 @@ class Trainer:
     The reference is kept only once its evaluation is done, so that a run preempted during
     the evaluation resumes by freezing and evaluating it again.
     """
-    # With LoRA the base weights themselves (they are never updated again), else a copy.
-    reference = (params if self.exp.uses_lora else
-                 jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params))
     if self.known_base_eval is not None:
       self.progress.base_eval = self.known_base_eval
     else:
-      self.progress.base_eval = self._evaluate(reference, 'base')
-    self.reference = reference
+      self.progress.base_eval = self._evaluate(params, 'base')
+    # With LoRA the base weights themselves (they are never updated again), else a copy; in
+    # rl.reference_dtype either way.
+    dtype = reference_dtype(self.train_model, self.config)
+    if self.exp.uses_lora:
+      self.reference = cast_floating(params, dtype)
+    else:
+      self.reference = jax.jit(lambda p: jax.tree.map(jnp.copy, cast_floating(p, dtype)))(
+          params)
 
   def policy_weights(self, params):
     """The full weights of the policy whose trained parameters are ``params``: with LoRA,
@@ -368,7 +372,8 @@ def _merge_fn(train_model, policy_model):
   """``fn(base, adapters)``: the base with the adapters merged in, in the training layout."""
   if not policy_model.config.lora_rank:
     return None
-  merge = functools.partial(lora.merge_weights, scale=policy_model.config.lora_scale)
+  merge = functools.partial(lora.merge_weights, scale=policy_model.config.lora_scale,
+                            dtype=train_model.config.jnp_param_dtype)
   if train_model.mesh_rules is None:
     return jax.jit(merge)
   shapes, axes = abstract_params(train_model)
