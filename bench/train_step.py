@@ -1,18 +1,24 @@
 r"""Throughput of the jitted SCoRe update against this machine's measured matmul rate.
 
   python bench/train_step.py                                 # SmolLM2-135M shape, f32
-  python bench/train_step.py --dtype=bfloat16 --batch=32 --repeats=5
+  python bench/train_step.py --dtypes=float32,bfloat16       # side by side, one process
+  python bench/train_step.py --dtypes=float32,bfloat16 --lora_rank=16
 
 One Stage II REINFORCE update (``training.steps.make_rl_step``: reference log-probs, the stage
 weights with the α·(r2 − r1) bonus, policy forward and backward, Adam) on a batch of
 two-attempt trajectories in the rollout's slot layout, every slot valid. Random weights (the
 speed of a decoder does not depend on its values). Prints tokens/s, achieved FLOP/s and its
 fraction of a large matmul's measured rate in the same dtype, the compile time and the
-compiled step's memory; the last line is a one-line summary.
+compiled step's memory, one row per compute dtype (parameters and Adam state stay fp32),
+all measured in one process; ``--lora_rank=N`` adds a row for a LoRA update (rank N on the
+attention and MLP kernels, the base frozen: the reference forward, the adapted model's
+forward and backward without the frozen kernels' weight gradients, Adam on the adapters) in
+the last dtype. The last line compares them: ``update bfloat16: R.RRx float32, ...``.
 
 FLOPs counted per token: 2·N for the reference forward and 6·N for the policy's forward and
 backward (N = parameters, the tied output matrix included), plus attention's 2·2·S·H·Dh per
-layer forward (×4 for reference, forward and backward).
+layer forward (×4 for reference, forward and backward). The LoRA row is counted the same way
+(the work a full update would do), so its "achieved" rate is an equivalent rate.
 
 By default the script re-executes itself with glibc malloc settings that back large arrays
 with transparent huge pages and keep freed memory (``machine.MALLOC_TUNABLES``): the step's
@@ -23,6 +29,7 @@ gigabytes of temporaries otherwise cost millions of page faults per step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import time
@@ -35,7 +42,7 @@ import numpy as np
 from machine import describe_machine, matmul_rate, use_tuned_malloc
 from score_jax import config_lib
 from score_jax.compilation import count_compilations
-from score_jax.model import Decoder, init_params
+from score_jax.model import Decoder, init_params, lora
 from score_jax.rl import RLSettings
 from score_jax.sampling import RolloutSpec, pack_trajectories
 from score_jax.training.steps import TrainState, make_optimizer, make_rl_step
@@ -48,32 +55,22 @@ def step_flops(config, num_params: int, tokens_per_row: int, rows: int) -> float
   return rows * tokens_per_row * 4 * (2 * num_params + attention)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--preset', default='smollm2_135m')
-  parser.add_argument('--batch', type=int, default=8, help='trajectories per update')
-  parser.add_argument('--prompt_len', type=int, default=64)
-  parser.add_argument('--attempt_len', type=int, default=128)
-  parser.add_argument('--instruction_len', type=int, default=32)
-  parser.add_argument('--dtype', default='float32', help='compute dtype (params stay fp32)')
-  parser.add_argument('--remat', default='none', help="remat policy: none, dots, full, ...")
-  parser.add_argument('--logprob_chunk', type=int, default=256)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--default_malloc', action='store_true',
-                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
-  args = parser.parse_args()
-  malloc = use_tuned_malloc(args.default_malloc)
-
+def measure(args, dtype: str, lora_rank: int = 0) -> dict:
+  """Compiles and times one update configuration; returns its table row's values."""
   model_config = config_lib.build_model_config(config_lib.model_config(
-      args.preset, dtype=args.dtype, param_dtype='float32', remat_policy=args.remat))
-  model = Decoder(model_config)
-  params, _ = init_params(model, jax.random.key(0))
-  reference = jax.tree.map(jnp.copy, params)
+      args.preset, dtype=dtype, param_dtype='float32', remat_policy=args.remat))
+  plain = Decoder(model_config)
+  params, _ = init_params(plain, jax.random.key(0))
   num_params = sum(x.size for x in jax.tree.leaves(params))
+  if lora_rank:
+    model = Decoder(dataclasses.replace(model_config, lora_rank=lora_rank,
+                                        lora_alpha=2.0 * lora_rank))
+    reference, trained = params, lora.init_adapters(model, jax.random.key(1))
+  else:
+    model, reference, trained = plain, jax.tree.map(jnp.copy, params), params
   tx = make_optimizer(config_lib.base_train_config().rl.optimizer)
   step = make_rl_step(model, tx, RLSettings(stage='stage2', alpha=10.0, beta1=0.01, beta2=0.1,
                                             num_samples=4, logprob_chunk=args.logprob_chunk))
-
   spec = RolloutSpec(prompt_len=args.prompt_len, attempt1_len=args.attempt_len,
                      stop_tokens=(2,), instruction_tokens=tuple(range(3, 3 + args.instruction_len)),
                      attempt2_len=args.attempt_len)
@@ -86,13 +83,8 @@ def main():
   batch = batch.replace(logprobs=jnp.asarray(rng.normal(-3, 1, batch.tokens.shape), jnp.float32))
   r1 = jnp.asarray(rng.integers(0, 2, rows), jnp.float32)
   r2 = jnp.asarray(rng.integers(0, 2, rows), jnp.float32)
-  state = TrainState.create(params, tx)
-
-  print(f'# train-step benchmark: {describe_machine()}; jax {jax.__version__}')
-  print(malloc)
-  rate = matmul_rate(args.dtype)
-  print(f'# measured matmul rate ({args.dtype} operands, fp32 results, random square '
-        f'operands): {rate / 1e9:.0f} GFLOP/s')
+  state = TrainState.create(trained, tx)
+  del params, trained
 
   start = time.perf_counter()
   compiled = step.lower(state, reference, batch, r1, r2, jax.random.key(0)).compile()
@@ -112,21 +104,65 @@ def main():
       times.append(time.perf_counter() - start)
   assert np.isfinite(float(metrics['loss'])), metrics
   median = statistics.median(times)
-  tokens = rows * spec.total_len
   flops = step_flops(model_config, num_params, spec.total_len, rows)
-  achieved = flops / median
+  return dict(name=f'lora{lora_rank} ' * bool(lora_rank) + dtype, dtype=dtype,
+              num_params=num_params, rows=rows, slots=spec.total_len, median=median,
+              tokens_per_s=rows * spec.total_len / median, flops=flops,
+              achieved=flops / median, compile_s=compile_s, peak_bytes=peak_bytes,
+              recompiles=recompiles.count)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--preset', default='smollm2_135m')
+  parser.add_argument('--batch', type=int, default=8, help='trajectories per update')
+  parser.add_argument('--prompt_len', type=int, default=64)
+  parser.add_argument('--attempt_len', type=int, default=128)
+  parser.add_argument('--instruction_len', type=int, default=32)
+  parser.add_argument('--dtypes', default='float32',
+                      help='comma-separated compute dtypes, timed one after another (params '
+                           'stay fp32)')
+  parser.add_argument('--lora_rank', type=int, default=0,
+                      help='also time a LoRA update of this rank (in the last dtype); 0: none')
+  parser.add_argument('--remat', default='none', help="remat policy: none, dots, full, ...")
+  parser.add_argument('--logprob_chunk', type=int, default=256)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--default_malloc', action='store_true',
+                      help="keep glibc's default malloc settings (see machine.MALLOC_TUNABLES)")
+  args = parser.parse_args()
+  dtypes = [d.strip() for d in args.dtypes.split(',') if d.strip()]
+  malloc = use_tuned_malloc(args.default_malloc)
+
+  print(f'# train-step benchmark: {describe_machine()}; jax {jax.__version__}')
+  print(malloc)
+  rates = {dtype: matmul_rate(dtype) for dtype in dtypes}
+  for dtype, rate in rates.items():
+    print(f'# measured matmul rate ({dtype} operands, fp32 results, random square '
+          f'operands): {rate / 1e9:.0f} GFLOP/s')
+  results = [measure(args, dtype) for dtype in dtypes]
+  if args.lora_rank:
+    results.append(measure(args, dtypes[-1], args.lora_rank))
   max_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  print('| model | dtype | remat | rows x slots | median s | tokens/s | GFLOP/step | '
-        'achieved GFLOP/s | of matmul rate | compile s | step memory GiB | max RSS GiB | '
-        'recompiles |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
-  peak = f'{peak_bytes / 2**30:.2f}' if peak_bytes is not None else 'n/a'
-  print(f'| {args.preset} ({num_params / 1e6:.0f}M) | {args.dtype} | {args.remat} | '
-        f'{rows} x {spec.total_len} | {median:.2f} | {tokens / median:.0f} | {flops / 1e9:.0f} | '
-        f'{achieved / 1e9:.0f} | {achieved / rate:.0%} | {compile_s:.1f} | {peak} | '
-        f'{max_rss_gib:.1f} | {recompiles.count} |')
-  print(f'update {args.preset} {args.dtype}: {tokens / median:.0f} tokens/s, '
-        f'{achieved / 1e9:.0f} GFLOP/s = {achieved / rate:.0%} of the measured matmul rate')
+  print('| model | update | remat | rows x slots | median s | tokens/s | GFLOP/step | '
+        'achieved GFLOP/s | of matmul rate | compile s | step memory GiB | recompiles |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+  for r in results:
+    peak = f'{r["peak_bytes"] / 2**30:.2f}' if r['peak_bytes'] is not None else 'n/a'
+    print(f'| {args.preset} ({r["num_params"] / 1e6:.0f}M) | {r["name"]} | {args.remat} | '
+          f'{r["rows"]} x {r["slots"]} | {r["median"]:.2f} | {r["tokens_per_s"]:.0f} | '
+          f'{r["flops"] / 1e9:.0f} | {r["achieved"] / 1e9:.0f} | '
+          f'{r["achieved"] / rates[r["dtype"]]:.0%} | {r["compile_s"]:.1f} | {peak} | '
+          f'{r["recompiles"]} |')
+  print(f'# max RSS of the process: {max_rss_gib:.1f} GiB')
+  first = results[0]
+  parts = [f'{r["name"]}: {r["tokens_per_s"] / first["tokens_per_s"]:.2f}x {first["name"]}'
+           for r in results[1:len(dtypes)]]
+  if args.lora_rank:
+    full = results[-2]
+    parts.append(f'{results[-1]["name"]}: '
+                 f'{results[-1]["tokens_per_s"] / full["tokens_per_s"]:.2f}x {full["name"]}')
+  print(f'update {", ".join(parts) if parts else first["name"]} '
+        f'({first["tokens_per_s"]:.0f} tokens/s for {first["name"]})')
 
 
 if __name__ == '__main__':

