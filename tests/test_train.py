@@ -216,6 +216,11 @@ def test_lora_trains_adapters_on_the_warm_start_and_resumes_exactly(tmp_path):
         b = b[key.key]
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+  # The merge for the sampler, the rollout and the update compile once, in the first step.
+  counts = [r['train/compilations'] for r in read_jsonl(os.path.join(uninterrupted,
+                                                                     'metrics.jsonl'))
+            if r.get('phase') == 'stage2' and 'train/compilations' in r]
+  assert counts[0] >= 1 and all(c == 0 for c in counts[1:]), counts
   # score_jax.evaluate merges the adapters the same way: its row is the run's final one.
   output = str(tmp_path / 'eval.json')
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
