@@ -9,8 +9,9 @@ two-attempt rollouts, sampling temperature 1.0, alpha 10, beta1 0.01, beta2 0.1,
 evaluation. Stage lengths are not reported: Stage I, then Stage II, over the paper's 3000
 steps. Memory and step-time figures per chip, and why the mesh is what it is: docs/aot.md.
 The paper trains Gemini 1.5 Flash, whose size is not public; Llama 3.1 405B stands in as
-the largest open shape. In short: bfloat16 parameters and tensor=16 keep the sampling copy of
-the weights within a chip, and the update runs as sixteen minibatches of 32 rollouts.
+the largest open shape. In short: float32 master weights with bfloat16 Adam moments and
+reference, tensor=16 to keep the bfloat16 sampling copy of the weights within a chip, and the
+update as sixteen minibatches of 32 rollouts.
 
 Variant (after the colon): ``tiny`` keeps every setting but shrinks the model, slots and batch
 and targets a v5e:2x2 topology (the check's own test).
@@ -24,16 +25,18 @@ from score_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, tiny=False)
-  # bfloat16 parameters (and so Adam moments): float32 ones would make the sampling copy of
-  # the weights 109 GiB per chip at tensor=16. Caveat: a bfloat16 weight ignores updates
-  # below about 2^-8 (0.4%) of its size, so at a learning rate of 5e-6 most updates round
-  # away; docs/aot.md says what would let float32 master weights fit.
+  # float32 master weights (a bfloat16 weight ignores updates below about 2^-8 of its size,
+  # so at the paper's 5e-6 most updates would round away), with Adam's moments and the
+  # frozen reference stored in bfloat16 to fit the slice: the sampling copy (bfloat16, split
+  # over tensor only) is 54.6 GiB per chip. docs/aot.md has the figures.
   config = config_lib.paper_math_config(
       preset='llama3_1_405b', template='llama3',
       tpu=aot.tpu_config('v5p', '8x8x8'),  # v5p-1024
       mesh=config_lib.mesh_config(data=1, fsdp=32, tensor=16),
       minibatches=16,
-      param_dtype='bfloat16')
+      param_dtype='float32')
+  config.rl.optimizer.moment_dtype = 'bfloat16'
+  config.rl.reference_dtype = 'bfloat16'
   if args.tiny:
     config_lib.shrink_for_aot_test(config, 'tiny', aot.tpu_config('v5e', '2x2'))
   return config
