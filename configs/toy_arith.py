@@ -13,6 +13,7 @@ The phase schedule is a field like any other, e.g. ``--config.schedule=sft:300,s
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from score_jax import config_lib
 
@@ -45,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # How the warm-start traces behave (score_jax.tasks.toy_arith.TraceRates).
   config.sft.trace_options = ml_collections.ConfigDict(dict(
       first_correct=0.8, keep_correct=0.85, fix_wrong=0.25, copy_wrong=0.6, carry_habit=0.7,
-      second_guess=0.0))
+      second_guess=0.0,
+      # Unset: a random slip gets fix_wrong and copy_wrong as well.
+      slip_fix=config_dict.placeholder(float), slip_copy=config_dict.placeholder(float)))
   config.sft.optimizer.learning_rate = 3e-3
   config.sft.optimizer.warmup_steps = 30
   config.sft.optimizer.decay = 'cosine'

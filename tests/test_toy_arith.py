@@ -200,3 +200,33 @@ def test_second_guess_makes_attempt_two_undo_a_right_borrow():
   again = toy_arith.make_traces(settings, 200, seed=0, rates=toy_arith.TraceRates(
       carry_habit=0.7, second_guess=0.0))
   assert plain == again
+
+
+def test_slip_rates_set_attempt_two_after_a_slip_but_not_after_the_habit():
+  settings = toy_arith.ArithSettings(digits=1, num_operands=3)
+  rates = toy_arith.TraceRates(carry_habit=0.7, fix_wrong=0.1, copy_wrong=0.8,
+                               slip_fix=0.6, slip_copy=0.3)
+  traces = toy_arith.make_traces(settings, 4000, seed=0, rates=rates)
+
+  def habit_line(t):
+    habit = toy_arith.forgotten_carry(*toy_arith.parse_problem(t.example.problem))
+    return habit is not None and t.attempt1 == toy_arith.format_solution(habit)
+
+  wrong = [t for t in traces if t.attempt1 != t.example.solution]
+  habits = [t for t in wrong if habit_line(t)]
+  slips = [t for t in wrong if not habit_line(t)]
+  assert len(habits) > 500 and len(slips) > 300
+  for group, fix, copy in ((habits, 0.1, 0.8), (slips, 0.6, 0.3)):
+    assert np.mean([t.attempt2 == t.example.solution for t in group]) == pytest.approx(
+        fix, abs=0.05)
+    assert np.mean([t.attempt2 == t.attempt1 for t in group]) == pytest.approx(copy, abs=0.05)
+  # Unset, a slip takes fix_wrong and copy_wrong like the habit.
+  unset = toy_arith.make_traces(settings, 4000, seed=0, rates=toy_arith.TraceRates(
+      carry_habit=0.7, fix_wrong=0.1, copy_wrong=0.8))
+  slips = [t for t in unset if t.attempt1 != t.example.solution and not habit_line(t)]
+  assert np.mean([t.attempt2 == t.example.solution for t in slips]) == pytest.approx(
+      0.1, abs=0.05)
+  with pytest.raises(ValueError, match='slip_fix must be a probability'):
+    toy_arith.TraceRates(slip_fix=1.5)
+  with pytest.raises(ValueError, match='slip_fix \\+ slip_copy'):
+    toy_arith.TraceRates(slip_fix=0.5)  # with copy_wrong's 0.6

@@ -264,6 +264,12 @@ class TraceRates:
   (``12-3=11``) with this probability, before ``keep_correct`` applies. Above one half, a
   greedy base model asked to revise breaks exactly those right answers, as the paper's base
   models do (Kumar et al., 2024: Δc→i 15.8 points on MATH).
+
+  ``slip_fix`` and ``slip_copy``, when set, replace ``fix_wrong`` and ``copy_wrong`` after a
+  random slip only, so that attempt 2 can treat the two kinds of error differently: a model
+  re-reading its line catches a one-off slip more easily than the systematic error it would
+  make again (the forgotten carry keeps ``fix_wrong`` and ``copy_wrong``). Unset (None), a
+  slip gets the same rates as the habit.
   """
   first_correct: float = 0.6
   keep_correct: float = 0.8
@@ -271,15 +277,29 @@ class TraceRates:
   copy_wrong: float = 0.6
   carry_habit: float = 0.0
   second_guess: float = 0.0
+  slip_fix: float | None = None
+  slip_copy: float | None = None
 
   def __post_init__(self):
     for name in ('first_correct', 'keep_correct', 'fix_wrong', 'copy_wrong', 'carry_habit',
-                 'second_guess'):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f'{name} must be a probability; got {getattr(self, name)}.')
+                 'second_guess', 'slip_fix', 'slip_copy'):
+      value = getattr(self, name)
+      if value is None and name.startswith('slip_'):
+        continue
+      if not 0 <= value <= 1:
+        raise ValueError(f'{name} must be a probability; got {value}.')
     if self.fix_wrong + self.copy_wrong > 1:
       raise ValueError(f'fix_wrong + copy_wrong must be at most 1; got {self.fix_wrong} + '
                        f'{self.copy_wrong}.')
+    fix, copy = self.after_slip()
+    if fix + copy > 1:
+      raise ValueError(f'slip_fix + slip_copy must be at most 1; got {fix} + {copy} (an unset '
+                       'one takes fix_wrong or copy_wrong).')
+
+  def after_slip(self) -> tuple[float, float]:
+    """(fix, copy): attempt 2's rates after a random slip in attempt 1."""
+    return (self.fix_wrong if self.slip_fix is None else self.slip_fix,
+            self.copy_wrong if self.slip_copy is None else self.slip_copy)
 
 
 def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
@@ -295,6 +315,7 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
       continue
     right = example.solution
     habit = forgotten_carry(operands, ops)
+    fix, copy = rates.fix_wrong, rates.copy_wrong
     if habit is not None and rng.random() < rates.carry_habit:
       wrong = habit
     elif rng.random() < rates.first_correct:
@@ -309,11 +330,12 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
       continue
     else:
       wrong = slipped_steps(operands, ops, rng, settings)
+      fix, copy = rates.after_slip()
     attempt1 = format_solution(wrong)
     u = rng.random()
-    if u < rates.fix_wrong:
+    if u < fix:
       attempt2 = right
-    elif u < rates.fix_wrong + rates.copy_wrong:
+    elif u < fix + copy:
       attempt2 = attempt1
     else:
       attempt2 = format_solution(slipped_steps(operands, ops, rng, settings,
