@@ -224,6 +224,8 @@ def base_train_config() -> ml_collections.ConfigDict:
                                          trace_options=ml_collections.ConfigDict()))
   # stage2_beta_attempt1: Stage II's KL weight on attempt 1 (0: beta1, the paper's).
   # stage2_attempt2_scale: a factor on Stage II's attempt-2 advantages (1: the paper's).
+  # stage2_attempt1_return: Stage II's credit for attempt 1: 'own' (r1, the default), 'episode'
+  # (r1 + r2) or 'shaped_episode' (r1 + r2 + alpha (r2 - r1)); rl/settings.py.
   # stage2_base_first_attempts: the share of Stage II's prompts whose first attempts are the
   # base model's samples (the paper's state coverage; 0: none; training/runners.py).
   # stage_learning_rate.<kind>: that RL phase's own peak learning rate (0: rl.optimizer's).
@@ -237,7 +239,8 @@ def base_train_config() -> ml_collections.ConfigDict:
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, stage2_beta_attempt1=0.0,
       stage2_attempt2_scale=1.0,
       stage2_base_first_attempts=0.0, kl_estimator='k3', baseline='rloo',
-      normalize_std=False, shaping_baseline='all_samples', optimizer=optimizer_config(5e-6),
+      normalize_std=False, shaping_baseline='all_samples', stage2_attempt1_return='own',
+      optimizer=optimizer_config(5e-6),
       stage_learning_rate=ml_collections.ConfigDict(dict(stage1=0.0, stage2=0.0,
                                                          single_turn=0.0)),
       attempt_grad_norms=False, reference_dtype=''))
@@ -290,6 +293,8 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   _check_choice_field('rl.baseline', rl.baseline, rl_lib.BASELINES)
   _check_choice_field('rl.reference_dtype', rl.get('reference_dtype', ''), STORAGE_DTYPES)
   _check_choice_field('rl.shaping_baseline', rl.shaping_baseline, rl_lib.SHAPING_BASELINES)
+  _check_choice_field('rl.stage2_attempt1_return', rl.stage2_attempt1_return,
+                      rl_lib.ATTEMPT1_RETURNS)
   if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
     raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
                      'rl.minibatches=1, or use rl.algorithm=ppo.')

@@ -185,6 +185,37 @@ def test_stage2_with_the_baseline_of_the_same_first_outcome():
   with pytest.raises(ValueError, match="Unknown shaping baseline 'both'"):
     RLSettings('stage2', shaping_baseline='both')
 
+def test_stage2_credits_attempt_1_with_the_rest_of_the_episode():
+  # One group of 4, α = 10: (r1, r2) = (1,1), (0,1), (0,0), (1,0).
+  r1 = jnp.asarray([1.0, 0.0, 0.0, 1.0])
+  r2 = jnp.asarray([1.0, 1.0, 0.0, 0.0])
+  segments = jnp.asarray([SEGMENT_ROW] * 4)
+  own = stage_token_weights(RLSettings('stage2', num_samples=4), r1, r2, segments)
+  # 'own' (γ = 0): r1 = [1, 0, 0, 1], leave-one-out → [2/3, −2/3, −2/3, 2/3].
+  np.testing.assert_allclose(own.advantages[:, 3], [2 / 3, -2 / 3, -2 / 3, 2 / 3], rtol=1e-5)
+  # 'episode': r1 + r2 = [2, 1, 0, 1] → [2 − 2/3, 1 − 1, 0 − 4/3, 1 − 1]. The wrong attempt 1
+  # that attempt 2 fixed now ties with the right one it broke, and beats the one it did not.
+  episode = stage_token_weights(
+      RLSettings('stage2', num_samples=4, stage2_attempt1_return='episode'), r1, r2, segments)
+  np.testing.assert_allclose(episode.advantages[:, 3], [4 / 3, 0.0, -4 / 3, 0.0], atol=1e-6)
+  # 'shaped_episode': r1 + r2 + α(r2 − r1) = [2, 11, 0, −9] → [2 − 2/3, 11 + 7/3, 0 − 4/3,
+  # −9 − 13/3]: a wrong attempt 1 that gets fixed earns more than a right one kept.
+  shaped = stage_token_weights(
+      RLSettings('stage2', num_samples=4, stage2_attempt1_return='shaped_episode'), r1, r2,
+      segments)
+  np.testing.assert_allclose(shaped.advantages[:, 3], [4 / 3, 40 / 3, -4 / 3, -40 / 3],
+                             rtol=1e-5)
+  # Attempt 2's credit, the KL weights and Stage I do not change.
+  for w in (episode, shaped):
+    np.testing.assert_allclose(w.advantages[:, 7], own.advantages[:, 7])
+    np.testing.assert_allclose(w.kl_weights, own.kl_weights)
+  stage1 = [stage_token_weights(RLSettings('stage1', num_samples=4, stage2_attempt1_return=c),
+                                r1, r2, segments).advantages for c in ('own', 'episode')]
+  np.testing.assert_allclose(stage1[0], stage1[1])
+  with pytest.raises(ValueError, match="Unknown stage2 attempt1 return 'all'"):
+    RLSettings('stage2', stage2_attempt1_return='all')
+
+
 def test_stage2_rows_with_a_replayed_first_attempt_train_only_attempt_2():
   """State coverage: the first pair's attempt 1 came from the base model. Its tokens carry no
   policy gradient and no KL; its attempt 2 keeps the shaped advantage (taken against that

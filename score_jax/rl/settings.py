@@ -18,6 +18,7 @@ from score_jax.rl.losses import KL_ESTIMATORS
 STAGES = ('stage1', 'stage2', 'single_turn')
 ALGORITHMS = ('reinforce', 'ppo')
 SHAPING_BASELINES = ('all_samples', 'same_first_outcome')
+ATTEMPT1_RETURNS = ('own', 'episode', 'shaped_episode')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,10 @@ class RLSettings:
       shaped reward's baseline over the prompt's samples, as the paper writes it) or
       'same_first_outcome' (over the samples whose attempt 1 scored the same;
       ``stage_token_weights`` says why).
+    stage2_attempt1_return: what Stage II credits attempt 1's tokens with: 'own' (r1 alone,
+      γ = 0, the default), 'episode' (r1 + r2: the reward still to come in the episode, so
+      that attempt 1 is credited with what attempt 2 then makes of it) or 'shaped_episode'
+      (r1 + r2 + α(r2 − r1), the return of the paper's sum of shaped rewards).
     algorithm: 'reinforce' (on-policy) or 'ppo' (clipped, ``ppo_epochs`` passes over the
       batch in ``minibatches`` parts).
     clip_epsilon: PPO's ε.
@@ -57,6 +62,7 @@ class RLSettings:
   baseline: str = 'rloo'
   normalize_std: bool = False
   shaping_baseline: str = 'all_samples'
+  stage2_attempt1_return: str = 'own'
   algorithm: str = 'reinforce'
   clip_epsilon: float = 0.2
   kl_estimator: str = 'k3'
@@ -68,7 +74,8 @@ class RLSettings:
   def __post_init__(self):
     for name, choices in (('stage', STAGES), ('algorithm', ALGORITHMS),
                           ('kl_estimator', KL_ESTIMATORS), ('baseline', BASELINES),
-                          ('shaping_baseline', SHAPING_BASELINES)):
+                          ('shaping_baseline', SHAPING_BASELINES),
+                          ('stage2_attempt1_return', ATTEMPT1_RETURNS)):
       if getattr(self, name) not in choices:
         raise ValueError(f'Unknown {name.replace("_", " ")} {getattr(self, name)!r}; choose '
                          f'from {choices}.')

@@ -12,7 +12,11 @@ Stage I: attempt-2 tokens get A(r2) and β1; attempt-1 tokens get no reward term
 strong β2, which keeps the first attempt at the base model's distribution.
 Stage II: attempt-1 tokens get A(r1); attempt-2 tokens get A(r2 + α(r2 − r1)), the shaping
 bonus that rewards flipping a wrong first answer and penalises breaking a right one; β1 on
-both attempts.
+both attempts. ``stage2_attempt1_return`` credits attempt 1 with the rest of the episode as
+well (γ = 1): ``'episode'`` with A(r1 + r2), ``'shaped_episode'`` with A(r1 + r2 + α(r2 − r1)).
+With γ = 0 attempt 1 is trained as if no second attempt followed it, and is as glad to trade
+an error attempt 2 fixes for one it does not as to get the problem right (docs/stage2.md,
+Hypothesis 10).
 Single-turn RL (a baseline): attempt-1 tokens get A(r1) and β1; attempt 2 is untouched.
 The paper's ablations are settings of these rules: Stage II without Stage I is a schedule
 without ``stage1``; "no reward shaping" is Stage II with α = 0.
@@ -92,7 +96,11 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array, segments: Ar
     else:
       second = advantage(shaped_second_reward(r1, r2, alpha))
     second = second * settings.stage2_attempt2_scale
-    advantages = jnp.where(in_attempt1, advantage(r1), jnp.where(in_attempt2, second, zeros))
+    first_return = {'own': r1, 'episode': r1 + r2,
+                    'shaped_episode': r1 + shaped_second_reward(r1, r2, alpha)}[
+                        settings.stage2_attempt1_return]
+    advantages = jnp.where(in_attempt1, advantage(first_return),
+                           jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
     beta_attempt1 = settings.stage2_beta_attempt1 or beta1
     kl_weights = jnp.where(in_attempt1, beta_attempt1, jnp.where(in_attempt2, beta1, 0.0))

@@ -103,7 +103,8 @@ def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
       stage2_beta_attempt1=rl.stage2_beta_attempt1,
       stage2_attempt2_scale=rl.stage2_attempt2_scale, num_samples=rl.num_samples,
       baseline=rl.baseline, normalize_std=rl.normalize_std,
-      shaping_baseline=rl.shaping_baseline, algorithm=rl.algorithm,
+      shaping_baseline=rl.shaping_baseline,
+      stage2_attempt1_return=rl.stage2_attempt1_return, algorithm=rl.algorithm,
       clip_epsilon=rl.clip_epsilon, kl_estimator=rl.kl_estimator, ppo_epochs=rl.ppo_epochs,
       minibatches=rl.minibatches, logprob_chunk=config.logprob_chunk,
       attempt_grad_norms=rl.attempt_grad_norms)
