@@ -438,5 +438,15 @@ def test_the_collapse_watch_warns_once_when_attempt_2_turns_into_a_copy():
   healthy = CollapseWatch(Phase('stage2', 100), first_step=0, window=5)
   assert not any(healthy.check({'train/delta': 0.1 + 0.01 * i,
                                 'train/identical_rate': 0.3 + 0.03 * i}) for i in range(30))
+  # A model that rewrites its line but keeps the answer: the identical rate stays, the rate
+  # of the same final answer (the paper's measure) climbs.
+  rewrites = CollapseWatch(Phase('stage2', 100), first_step=0, window=5)
+  same = lambda delta, repeated: rewrites.check({'train/delta': delta,
+                                                 'train/identical_rate': 0.4,
+                                                 'train/different_answer_rate': 1 - repeated})
+  assert all(same(0.2, 0.5) is None for _ in range(10))
+  fired = [w for w in (same(0.2 - 0.02 * i, 0.5 + 0.05 * i) for i in range(1, 11)) if w]
+  assert len(fired) == 1 and 'identical second attempts 40% -> 40%' in fired[0], fired
+  assert 'same final answer 50% ->' in fired[0]
   # Phases without two attempts report no identical rate: nothing to watch.
   assert CollapseWatch(Phase('single_turn', 10), 0).check({'train/reward_t1': 0.5}) is None

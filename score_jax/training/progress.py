@@ -136,11 +136,15 @@ class CollapseWatch:
   """Detects behaviour collapse on the training rollouts while a two-turn RL phase runs.
 
   Kumar et al. (2024, Section 4) name the failure that SCoRe is built against: attempt 2
-  learns to copy attempt 1, and Δ(t1, t2) goes to zero. Its signature in the training
-  metrics is the rate of second attempts identical to the first climbing while the training
-  Δ falls. The watch averages both over windows of ``window`` steps and compares the latest
-  window with the phase's best one so far (highest Δ); when the identical rate has risen by
-  ``rise`` and Δ fallen by ``fall`` since, it returns one warning line, once per phase.
+  learns to repeat attempt 1, and Δ(t1, t2) goes to zero. Its signature in the training
+  metrics is a rising rate of second attempts that repeat the first while the training Δ
+  falls. Two rates are watched: second attempts identical to the first, and second attempts
+  with the same final answer (one minus ``different_answer_rate``, the paper's measure). The
+  second catches a model that rewrites its line but keeps the answer, as the toy model does
+  after Stage II (docs/stage2.md, Table 7) and as a real model's rewrites would. The watch
+  averages over windows of ``window`` steps and compares the latest window with the phase's
+  best one so far (highest Δ); when either rate has risen by ``rise`` and Δ fallen by
+  ``fall`` since, it returns one warning line, once per phase.
   """
 
   def __init__(self, phase: Phase, first_step: int, window: int = 10, rise: float = 0.10,
@@ -149,7 +153,8 @@ class CollapseWatch:
     self.window, self.rise, self.fall = window, rise, fall
     self._recent: collections.deque = collections.deque(maxlen=window)
     self._step = first_step
-    self._best: tuple[float, float, int] | None = None  # (Δ, identical rate, its last step)
+    # (Δ, identical rate, same-answer rate) of the best window, and its last step.
+    self._best: tuple[np.ndarray, int] | None = None
     self._warned = False
 
   def check(self, metrics: dict) -> str | None:
@@ -157,19 +162,22 @@ class CollapseWatch:
     self._step += 1
     if self._warned or 'train/identical_rate' not in metrics or 'train/delta' not in metrics:
       return None
-    self._recent.append((metrics['train/delta'], metrics['train/identical_rate']))
+    identical = metrics['train/identical_rate']
+    same_answer = 1.0 - metrics.get('train/different_answer_rate', 1.0 - identical)
+    self._recent.append((metrics['train/delta'], identical, same_answer))
     if len(self._recent) < self.window:
       return None
-    delta, identical = np.mean(self._recent, axis=0)
-    if self._best is None or delta > self._best[0]:
-      self._best = (float(delta), float(identical), self._step)
+    now = np.mean(self._recent, axis=0)
+    if self._best is None or now[0] > self._best[0][0]:
+      self._best = (now, self._step)
       return None
-    best_delta, best_identical, best_step = self._best
-    if identical - best_identical < self.rise or best_delta - delta < self.fall:
+    best, best_step = self._best
+    if best[0] - now[0] < self.fall or max(now[1] - best[1], now[2] - best[2]) < self.rise:
       return None
     self._warned = True
     first = self._step - self.window + 1
     return (f'warning: attempt 2 is turning into a copy of attempt 1 ({self.phase.kind} '
             f'steps {first}-{self._step} against {best_step - self.window + 1}-{best_step}): '
-            f'identical second attempts {best_identical:.0%} -> {identical:.0%}, training Δ '
-            f'{best_delta:+.3f} -> {delta:+.3f} (behaviour collapse, Kumar et al. 2024).')
+            f'identical second attempts {best[1]:.0%} -> {now[1]:.0%}, same final answer '
+            f'{best[2]:.0%} -> {now[2]:.0%}, training Δ {best[0]:+.3f} -> {now[0]:+.3f} '
+            f'(behaviour collapse, Kumar et al. 2024).')
