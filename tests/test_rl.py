@@ -185,6 +185,7 @@ def test_stage2_with_the_baseline_of_the_same_first_outcome():
   with pytest.raises(ValueError, match="Unknown shaping baseline 'both'"):
     RLSettings('stage2', shaping_baseline='both')
 
+
 def test_stage2_credits_attempt_1_with_the_rest_of_the_episode():
   # One group of 4, α = 10: (r1, r2) = (1,1), (0,1), (0,0), (1,0).
   r1 = jnp.asarray([1.0, 0.0, 0.0, 1.0])

@@ -14,9 +14,8 @@ Stage II: attempt-1 tokens get A(r1); attempt-2 tokens get A(r2 + α(r2 − r1))
 bonus that rewards flipping a wrong first answer and penalises breaking a right one; β1 on
 both attempts. ``stage2_attempt1_return`` credits attempt 1 with the rest of the episode as
 well (γ = 1): ``'episode'`` with A(r1 + r2), ``'shaped_episode'`` with A(r1 + r2 + α(r2 − r1)).
-With γ = 0 attempt 1 is trained as if no second attempt followed it, and is as glad to trade
-an error attempt 2 fixes for one it does not as to get the problem right (docs/stage2.md,
-Hypothesis 10).
+With γ = 0 attempt 1 is trained as if no second attempt followed it: an error that attempt 2
+fixes and one that it does not cost it the same (docs/stage2.md, Hypothesis 10).
 Single-turn RL (a baseline): attempt-1 tokens get A(r1) and β1; attempt 2 is untouched.
 The paper's ablations are settings of these rules: Stage II without Stage I is a schedule
 without ``stage1``; "no reward shaping" is Stage II with α = 0.
