@@ -88,16 +88,16 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array, segments: Ar
     pg_mask = in_attempt2
     kl_weights = jnp.where(in_attempt1, beta2, jnp.where(in_attempt2, beta1, 0.0))
   elif stage == 'stage2':
+    shaped = shaped_second_reward(r1, r2, alpha)
     if settings.shaping_baseline == 'same_first_outcome':
       second = (1.0 + alpha) * group_advantages(
           r2, settings.num_samples, settings.baseline, settings.normalize_std,
           condition=r1)[:, None]
     else:
-      second = advantage(shaped_second_reward(r1, r2, alpha))
+      second = advantage(shaped)
     second = second * settings.stage2_attempt2_scale
     first_return = {'own': r1, 'episode': r1 + r2,
-                    'shaped_episode': r1 + shaped_second_reward(r1, r2, alpha)}[
-                        settings.stage2_attempt1_return]
+                    'shaped_episode': r1 + shaped}[settings.stage2_attempt1_return]
     advantages = jnp.where(in_attempt1, advantage(first_return),
                            jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
