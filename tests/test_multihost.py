@@ -32,6 +32,7 @@ from test_train import REPO, SMOKE, final_params, smoke_config
 SCHEDULE = 'sft:2,stage2:2'
 OVERRIDES = (f'--config.schedule={SCHEDULE}', '--config.rl.kl_estimator=k1',
              '--config.rl.optimizer.learning_rate=1e-3', '--config.rl.optimizer.warmup_steps=0',
+             '--config.rl.stage_learning_rate.stage2=0',  # 0: rl.optimizer's rate, above.
              '--config.eval.num_problems=12', '--config.eval.batch_size=8',
              '--config.mesh.data=1', '--config.mesh.fsdp=-1', '--config.mesh.tensor=1')
 
