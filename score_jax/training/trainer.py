@@ -178,8 +178,12 @@ class Trainer:
     self._state = state = state if state is not None else make_create_state(
         model, tx)(self.params)
     runner = self._runner(phase, tx, model)
+    optimizer = phase.config_section(c).optimizer
+    # The rate is named because per-stage rates (rl.stage_learning_rate) override
+    # rl.optimizer's: a user who sets only the latter sees here which one a phase uses.
     self._log(f'== phase {progress.phase_index + 1}/{len(self.phases)}: {phase.kind} for '
-              f'{phase.steps} steps (from step {progress.phase_step}) ==')
+              f'{phase.steps} steps (from step {progress.phase_step}), {optimizer.name} at peak '
+              f'learning rate {optimizer.learning_rate:g} ==')
     self.progress_log.start_phase(progress)
     while progress.phase_step < runner.num_updates:
       key = jax.random.fold_in(jax.random.key(c.seed), progress.global_step)
