@@ -4,6 +4,7 @@ r"""Prints (and writes) the paper-style self-correction table for a checkpoint.
   python -m score_jax.evaluate --checkpoint=/tmp/score-toy --step=400 --temperature=0.7 \
       --num_problems=200
   python -m score_jax.evaluate --config=configs/smollm2_135m.py:task=humaneval
+  python -m score_jax.evaluate --checkpoint=/tmp/score-toy --attempt1_from=700
 
 Without ``--checkpoint``, the weights the config names in ``init_from`` (a Hugging Face
 directory or a GGUF file) are evaluated as they are: the table's base row. Data, and the
@@ -19,7 +20,15 @@ its row is printed too, so the table shows base vs trained; each model is read f
 checkpoint only when its row is evaluated (and only its parameters), so one copy of the
 weights is in memory at a time. The result goes to ``--output`` (default
 ``WORKDIR/eval_step<N>.json``), and both attempts on every problem to ``..._samples.jsonl``
-beside it. Paths may be URLs (``gs://...``). On a multi-host slice, run it on every host with
+beside it.
+
+``--attempt1_from`` (``base`` or a step of the same checkpoint) gives every row that model's
+attempt 1s, decoded once, so that only attempt 2 is each row's own: it separates what
+training did to attempt 2 from how it moved attempt 1 (docs/stage2.md, Hypothesis 13). When
+the task names kinds of attempt (``Task.attempt_kind``; the toy task's habits), a second
+table counts attempt 1's kinds and how many of each attempt 2 got right.
+
+Paths may be URLs (``gs://...``). On a multi-host slice, run it on every host with
 ``SCORE_JAX_DISTRIBUTED=1`` as for ``score_jax.train``: each host scores its own rows and
 process 0 prints and writes the result.
 """
@@ -62,16 +71,22 @@ _NUM_PROBLEMS = flags.DEFINE_integer('num_problems', None,
 _BASE = flags.DEFINE_boolean('base', True, 'Also evaluate the stored reference (base) model.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON result.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed (ignored when greedy).')
+_ATTEMPT1_FROM = flags.DEFINE_string(
+    'attempt1_from', '',
+    'Give every row the attempt 1s of another model of the checkpoint: "base" (the stored '
+    'reference model) or a step; only attempt 2 is then each row\'s own.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', '/tmp/score-jax-eval',
     'Where data and results go when there is no --checkpoint.')
 
 
 def load_models(config):
-  """(config, experiment, workdir, models) for the flags.
+  """(config, experiment, workdir, models, attempt1_source) for the flags.
 
   ``models`` lists the table's rows as ``(name, load)``: ``load()`` reads that model's
   parameters when its row is evaluated, so that only one model is in memory at a time.
+  ``attempt1_source`` is the ``(name, load)`` of the model whose attempt 1s every row
+  replays (``--attempt1_from``), or None.
   """
   if _CHECKPOINT.value is None:
     if config is None or not config.get('init_from'):
@@ -80,8 +95,10 @@ def load_models(config):
     workdir = _WORKDIR.value
     with distributed.main_process_first('data'):
       experiment = Experiment.from_config(config, workdir, with_train_split=False)
+    if _ATTEMPT1_FROM.value:
+      raise ValueError('--attempt1_from needs --checkpoint (the models it names are in one).')
     return config, experiment, workdir, [
-        ('base', lambda: experiment.initial_params(config.seed)[0])]
+        ('base', lambda: experiment.initial_params(config.seed)[0])], None
   workdir, directory = checkpoint_dir(_CHECKPOINT.value)
   say = print if distributed.is_main_process() else lambda *_: None
   with _open(directory) as checkpointer:
@@ -91,15 +108,29 @@ def load_models(config):
   with distributed.main_process_first('data'):
     experiment = Experiment.from_config(config, workdir, with_train_split=False)
 
-  def load(reference: bool):
+  def load(reference: bool, at_step: int = step):
     # The policy of a LoRA run is its base with the adapters merged in (restore_models).
     with _open(directory) as checkpointer:
-      policy, base = restore_models(experiment, checkpointer, step, with_reference=reference,
-                                    with_policy=not reference)
+      policy, base = restore_models(experiment, checkpointer, at_step,
+                                    with_reference=reference, with_policy=not reference)
     return base if reference else policy
 
   models = [('base', lambda: load(True))] if meta['has_reference'] and _BASE.value else []
-  return config, experiment, workdir, models + [(f'step {step}', lambda: load(False))]
+  models.append((f'step {step}', lambda: load(False)))
+  source = _ATTEMPT1_FROM.value
+  if not source:
+    return config, experiment, workdir, models, None
+  if source == 'base':
+    if not meta['has_reference']:
+      raise ValueError('--attempt1_from=base: the checkpoint holds no reference model (it is '
+                       'a warm start); name a step instead.')
+    return config, experiment, workdir, models, ('base', lambda: load(True))
+  if not source.isdigit():
+    raise ValueError(f'--attempt1_from must be "base" or a checkpoint step; got {source!r}.')
+  with _open(directory) as checkpointer:
+    checkpointer.verified_meta(int(source), log=say)  # A clear error for a missing step.
+  return config, experiment, workdir, models, (f'step {source}',
+                                               lambda: load(False, int(source)))
 
 
 @contextlib.contextmanager
@@ -109,6 +140,14 @@ def _open(directory: str):
     yield checkpointer
   finally:
     checkpointer.close()
+
+
+def _read(load):
+  """``load()``, with damage the files alone did not show (a flipped bit) as one line."""
+  try:
+    return load()
+  except UnreadableCheckpoint as e:
+    _fail(f'The {e}; pick another with --step.', EXIT_STORAGE)
 
 
 def _fail(message: str, exit_code: int = EXIT_INVALID):
@@ -138,7 +177,7 @@ def main(argv):
     _fail(str(e))
   config_lib.quiet_library_logs()
   try:
-    config, experiment, workdir, models = load_models(_CONFIG.value)
+    config, experiment, workdir, models, attempt1_source = load_models(_CONFIG.value)
     sampling = SamplingParams.create(_TEMPERATURE.value, _TOP_P.value)
   except StorageFault as e:
     _fail(str(e), EXIT_STORAGE)
@@ -151,28 +190,40 @@ def main(argv):
   say = functools.partial(print, flush=True) if main_process else lambda *_, **__: None
   rows, samples = {}, {}
   start = time.perf_counter()
+  replay = None
+  if attempt1_source is not None:
+    source_name, load = attempt1_source
+    say(f'decoding the attempt 1s of {source_name} on {len(examples)} problems')
+    params = _read(load)
+    replay = evaluator.first_attempts(params, examples, sampling, _SEED.value)
+    del params
   for name, load in models:
     what = 'the reference (base) model' if name == 'base' and _CHECKPOINT.value else name
+    if replay is not None:
+      name = f'{name}, attempt 1 of {source_name}'
     say(f'evaluating {what} on {len(examples)} problems')
     samples[name] = []
-    try:
-      params = load()
-    except UnreadableCheckpoint as e:  # Damage the files alone did not show (a flipped bit).
-      _fail(f'The {e}; pick another with --step.', EXIT_STORAGE)
+    params = _read(load)
     rows[name] = evaluator.run(params, examples, sampling, _SEED.value, samples=samples[name],
-                               after_batch=_print_progress)
+                               after_batch=_print_progress, replay=replay)
     del params
-  label = models[-1][0]
+  label = models[-1][0].replace(' ', '')
+  if replay is not None:
+    label += f'_attempt1_{source_name.replace(" ", "")}'
   wall_s = time.perf_counter() - start
   if not main_process:
     return
   print('\n' + reporting.format_table(rows) + '\n')
+  kinds = reporting.attempt1_kinds(samples)
+  if kinds:
+    print(reporting.format_attempt1_kinds(kinds) + '\n')
   print(f'{len(examples)} problems in {wall_s:.0f} s')
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  output = _OUTPUT.value or os.path.join(workdir, f'eval_{label.replace(" ", "")}.json')
+  output = _OUTPUT.value or os.path.join(workdir, f'eval_{label}.json')
   paths.write_text(output, json.dumps(dict(
       rows=rows, label=label, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-      num_problems=len(examples), wall_s=wall_s), indent=2))
+      num_problems=len(examples), wall_s=wall_s, attempt1_from=_ATTEMPT1_FROM.value or None,
+      **({'attempt1_kinds': kinds} if kinds else {})), indent=2))
   samples_path = os.path.splitext(output)[0] + '_samples.jsonl'
   paths.write_text(samples_path, ''.join(
       json.dumps(dict(row=row, **sample)) + '\n'

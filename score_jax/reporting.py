@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from etils import epath
 
@@ -20,6 +20,35 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
   lines = [header, '|---' * (len(OUTCOME_NAMES) + 1) + '|']
   for name, values in rows.items():
     cells = [f'{100 * values[key]:.1f}' if key in values else '–' for key in OUTCOME_NAMES]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def attempt1_kinds(samples: Mapping[str, Sequence[Mapping]]) -> dict:
+  """Per row, per kind of attempt 1 (``Task.attempt_kind``; in the order first seen):
+  ``{'problems': N, 'attempt2_right': M}``. Empty when the task names no kinds."""
+  out = {}
+  for row, row_samples in samples.items():
+    if not row_samples or 'kind1' not in row_samples[0]:
+      return {}
+    counts = out.setdefault(row, {})
+    for sample in row_samples:
+      entry = counts.setdefault(sample['kind1'], dict(problems=0, attempt2_right=0))
+      entry['problems'] += 1
+      entry['attempt2_right'] += int(sample['reward2'] > 0)
+  return out
+
+
+def format_attempt1_kinds(kinds: Mapping[str, Mapping[str, Mapping[str, int]]]) -> str:
+  """A Markdown table: problems per kind of attempt 1, and how many attempt 2 got right."""
+  names = list(dict.fromkeys(k for counts in kinds.values() for k in counts))
+  lines = ['| attempt 1 (problems / of them right at attempt 2) | ' + ' | '.join(kinds) + ' |',
+           '|---' * (len(kinds) + 1) + '|']
+  for name in names:
+    cells = []
+    for counts in kinds.values():
+      entry = counts.get(name, dict(problems=0, attempt2_right=0))
+      cells.append(f'{entry["problems"]} / {entry["attempt2_right"]}')
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

@@ -6,6 +6,7 @@ weights, and ``python -m score_jax.convert --checkpoint`` turns the run back int
 that ``transformers`` loads with the same logits.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,37 @@ def test_evaluate_a_checkpoint_prints_base_and_trained_rows(stage2_run, tmp_path
   missing = _run('score_jax.evaluate', f'--checkpoint={stage2_run}', '--step=99')
   assert missing.returncode != 0 and 'Traceback' not in missing.stderr
   assert '99' in missing.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_attempt2_on_another_models_attempt1(stage2_run, tmp_path):
+  """--attempt1_from gives every row the named model's attempt 1s: each row's attempt 1 text
+  is then that model's, and its attempt 2 its own; the toy task's table splits by kind."""
+  plain, replayed = str(tmp_path / 'plain.json'), str(tmp_path / 'replayed.json')
+  for output, extra in ((plain, ()), (replayed, ('--attempt1_from=base',))):
+    result = _run('score_jax.evaluate', f'--checkpoint={stage2_run}', '--num_problems=8',
+                  f'--output={output}', *extra)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert '| step 2, attempt 1 of base |' in result.stdout
+  assert '| attempt 1 (problems / of them right at attempt 2) |' in result.stdout
+
+  def samples(path):
+    rows = {}
+    for record in read_jsonl(path.replace('.json', '_samples.jsonl')):
+      rows.setdefault(record['row'], []).append(record)
+    return rows
+
+  before, after = samples(plain), samples(replayed)
+  base_first = [s['attempt1'] for s in before['base']]
+  for row in ('base, attempt 1 of base', 'step 2, attempt 1 of base'):
+    assert [s['attempt1'] for s in after[row]] == base_first
+  # Replaying a model's own attempt 1 changes nothing.
+  assert [s['attempt2'] for s in after['base, attempt 1 of base']] == [
+      s['attempt2'] for s in before['base']]
+  kinds = json.load(open(replayed))['attempt1_kinds']
+  assert sum(k['problems'] for k in kinds['step 2, attempt 1 of base'].values()) == 8
+
+  for value, message in (('last', 'must be "base" or a checkpoint step'), ('99', '99')):
+    bad = _run('score_jax.evaluate', f'--checkpoint={stage2_run}', f'--attempt1_from={value}')
+    assert bad.returncode != 0 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
+    assert message in bad.stderr

@@ -230,3 +230,25 @@ def test_slip_rates_set_attempt_two_after_a_slip_but_not_after_the_habit():
     toy_arith.TraceRates(slip_fix=1.5)
   with pytest.raises(ValueError, match='slip_fix \\+ slip_copy'):
     toy_arith.TraceRates(slip_fix=0.5)  # with copy_wrong's 0.6
+
+
+@pytest.mark.parametrize('problem, line, kind', [
+    ('7+8-3', '7+8=15, 15-3=12. A: 12', 'right'),
+    ('7+8-3', '7+8=5, 5-3=2. A: 2', 'carry habit'),       # the first carry forgotten
+    ('7+8-9', '7+8=15, 15-9=14. A: 14', 'second guess'),  # the borrow undone
+    ('7+8-3', '7+8=15, 15-3=13. A: 13', 'other wrong'),
+    ('7+8-3', '7+8=16, 16-4=12. A: 12', 'other right'),   # the answer right, the line not
+    ('7+8-3', 'no answer', 'other wrong'),
+])
+def test_attempt_kind_names_the_traces_habits(task, problem, line, kind):
+  example = toy_arith.make_example(*toy_arith.parse_problem(problem))
+  assert task.attempt_kind(example, line) == kind
+  assert kind in toy_arith.ATTEMPT_KINDS
+  # What the generator writes is what the kinds recognise.
+  operands, ops = toy_arith.parse_problem(problem)
+  if kind == 'carry habit':
+    assert toy_arith.format_solution(toy_arith.forgotten_carry(operands, ops)) == line
+
+
+def test_tasks_without_known_patterns_name_no_kind():
+  assert tasks.Task.attempt_kind(None, None, 'A: 3') is None

@@ -115,6 +115,11 @@ class Task(abc.ABC):
   def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> np.ndarray:
     """[N] float32 rewards in {0, 1}, one per (example, completion) pair."""
 
+  def attempt_kind(self, example: Example, completion: str) -> str | None:
+    """What kind of attempt a completion is (a task's known error patterns), or None when
+    the task names none. ``score_jax.evaluate`` splits its table by attempt 1's kind."""
+    return None
+
   def make_traces(self, num_traces: int, seed: int = 0, **rates: Any) -> list[Trace]:
     """Two-attempt traces for SFT warm-starting; only tasks with a generator provide them."""
     raise NotImplementedError(f'Task {self.name!r} does not generate training traces.')

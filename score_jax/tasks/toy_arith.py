@@ -344,6 +344,24 @@ def make_traces(settings: ArithSettings, num_traces: int, seed: int = 0,
   return traces
 
 
+ATTEMPT_KINDS = ('right', 'carry habit', 'second guess', 'other wrong', 'other right')
+
+
+def attempt_kind(problem: str, completion: str) -> str:
+  """Which of ``ATTEMPT_KINDS`` a completion of ``problem`` is (the trace generator's habits
+  recognised in a model's line; ``ToyArithTask.attempt_kind``)."""
+  operands, ops = parse_problem(problem)
+  right = solve(operands, ops)
+  line = completion.strip()
+  if line == format_solution(right):
+    return 'right'
+  for name, operators in (('carry habit', '+-'), ('second guess', '-')):
+    steps = forgotten_carry(operands, ops, operators)
+    if steps is not None and line == format_solution(steps):
+      return name
+  return 'other right' if extract_answer(line) == str(right[-1].result) else 'other wrong'
+
+
 def extract_answer(completion: str) -> str | None:
   """The integer after the last ``A:``; None if there is none."""
   matches = _ANSWER_RE.findall(completion)
@@ -413,6 +431,12 @@ class ToyArithTask(base.Task):
     base.check_pairs(examples, completions)
     return np.array([float(extract_answer(c) == e.answer)
                      for e, c in zip(examples, completions)], np.float32)
+
+  def attempt_kind(self, example: base.Example, completion: str) -> str:
+    """``right`` (the worked line), ``carry habit`` (the first carry or borrow forgotten),
+    ``second guess`` (the first borrow undone: what ``second_guess`` teaches attempt 2),
+    ``other wrong``, or ``other right`` (the right answer after another line)."""
+    return attempt_kind(example.problem, completion)
 
   def make_traces(self, num_traces: int, seed: int = 0, **rates) -> list[base.Trace]:
     """Traces on fresh problems, never one from the test split; ``rates``: ``TraceRates``."""

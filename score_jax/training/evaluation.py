@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from score_jax import metrics as sc_metrics
-from score_jax.sampling import SamplingParams
+from score_jax.sampling import FirstAttempts, SamplingParams
 from score_jax.training.scoring import RolloutScorer
 
 
@@ -32,9 +32,27 @@ class Evaluator:
     self.batch_size = batch_size
     self.scorer = RolloutScorer(experiment, experiment.model('sample'), experiment.spec)
 
+  def first_attempts(self, params, examples: Sequence[Any],
+                     sampling: SamplingParams | None = None, seed: int = 0) -> list:
+    """The attempt-1 slots of every batch that ``run`` on the same arguments would decode:
+    what ``run(..., replay=...)`` gives another model as its attempt 1."""
+    sampling = sampling or SamplingParams.greedy()
+    return [self.scorer.first_attempt_slots(params, chunk, jax.random.key(seed + begin),
+                                            sampling)
+            for begin, chunk, _ in self._batches(examples)]
+
+  def _batches(self, examples):
+    """(first index, the batch padded with copies of its first example, real rows)."""
+    size = self.batch_size
+    for begin in range(0, len(examples), size):
+      chunk = list(examples[begin:begin + size])
+      real = len(chunk)
+      yield begin, chunk + [chunk[0]] * (size - real), real
+
   def run(self, params, examples: Sequence[Any], sampling: SamplingParams | None = None,
           seed: int = 0, samples: list | None = None,
-          after_batch: Callable[[int, int, float], None] | None = None) -> dict:
+          after_batch: Callable[[int, int, float], None] | None = None,
+          replay: Sequence[Any] | None = None) -> dict:
     """Returns the metrics dict (acc_t1, acc_t2, delta, delta_i2c, delta_c2i, …).
 
     Args:
@@ -42,21 +60,26 @@ class Evaluator:
       examples: the problems.
       sampling: decoding settings (default: greedy).
       seed: the sampling seed (ignored when greedy).
-      samples: when a list, one dict per problem (id, both attempts, both rewards) is
-        appended to it.
+      samples: when a list, one dict per problem (id, both attempts, both rewards and,
+        when the task names kinds of attempt, ``Task.attempt_kind`` of each) is appended to
+        it.
       after_batch: called after every batch with (problems done, problems, seconds): to
         report progress, or to stop (by raising) when the run is asked to.
+      replay: ``first_attempts`` of another model on the same examples: every problem's
+        attempt 1 is then that model's, and only attempt 2 is this model's (what attempt 2
+        makes of a given attempt 1, apart from how attempt 1 has changed).
     """
     sampling = sampling or SamplingParams.greedy()
-    size = self.batch_size
     per_row, texts = [], []
     start = time.perf_counter()
-    for begin in range(0, len(examples), size):
-      chunk = list(examples[begin:begin + size])
-      real = len(chunk)
-      chunk += [chunk[0]] * (size - real)
+    for index, (begin, chunk, real) in enumerate(self._batches(examples)):
+      first = None
+      if replay is not None:
+        every_row = np.ones(len(self.scorer.rows.local(self.batch_size)), bool)
+        first = FirstAttempts(tokens=replay[index],
+                              rows=self.scorer.rows.to_devices(every_row, self.batch_size))
       batch = self.scorer.sample(params, chunk, jax.random.key(seed + begin), sampling,
-                                 num_scored=real)
+                                 num_scored=real, first_attempts=first)
       per_row.append({k: v[:real] for k, v in self.scorer.row_statistics(batch).items()})
       if samples is not None:  # Every problem's texts (decoding is cheap; scoring is not).
         texts += self.scorer.all_texts(batch)[:real]
@@ -65,8 +88,13 @@ class Evaluator:
     values = {k: np.concatenate([v[k] for v in per_row]) for k in per_row[0]}
     r1, r2 = values['r1'], values['r2']
     if samples is not None:
-      samples.extend(dict(id=str(e.id), attempt1=a, attempt2=b, reward1=float(x), reward2=float(y))
-                     for e, (a, b), x, y in zip(examples, texts, r1, r2))
+      kind = self.experiment.task.attempt_kind
+      for e, (a, b), x, y in zip(examples, texts, r1, r2):
+        sample = dict(id=str(e.id), attempt1=a, attempt2=b, reward1=float(x), reward2=float(y))
+        kinds = kind(e, a), kind(e, b)
+        if kinds != (None, None):
+          sample.update(kind1=kinds[0], kind2=kinds[1])
+        samples.append(sample)
     result = sc_metrics.self_correction_metrics(r1, r2)
     result['edit_ratio'] = float(np.mean(values['edit_ratio']))
     result['identical_rate'] = float(values['identical'].mean())
