@@ -72,12 +72,13 @@ class Evaluator:
     sampling = sampling or SamplingParams.greedy()
     per_row, texts = [], []
     start = time.perf_counter()
+    if replay is not None:  # Every row of every batch replays its attempt 1.
+      every_row = self.scorer.rows.to_devices(
+          np.ones(len(self.scorer.rows.local(self.batch_size)), bool), self.batch_size)
     for index, (begin, chunk, real) in enumerate(self._batches(examples)):
       first = None
       if replay is not None:
-        every_row = np.ones(len(self.scorer.rows.local(self.batch_size)), bool)
-        first = FirstAttempts(tokens=replay[index],
-                              rows=self.scorer.rows.to_devices(every_row, self.batch_size))
+        first = FirstAttempts(tokens=replay[index], rows=every_row)
       batch = self.scorer.sample(params, chunk, jax.random.key(seed + begin), sampling,
                                  num_scored=real, first_attempts=first)
       per_row.append({k: v[:real] for k, v in self.scorer.row_statistics(batch).items()})

@@ -169,7 +169,8 @@ class Trainer:
 
   def _run_phase(self, phase: Phase, state) -> None:
     c, progress = self.config, self.progress
-    tx = make_optimizer(phase.config_section(c).optimizer, phase.steps)
+    optimizer = phase.config_section(c).optimizer
+    tx = make_optimizer(optimizer, phase.steps)
     model = self.checkpoints.model_of(phase)
     if not phase.is_warm_start and self.reference is None:
       self._freeze_reference(self.params)
@@ -178,7 +179,6 @@ class Trainer:
     self._state = state = state if state is not None else make_create_state(
         model, tx)(self.params)
     runner = self._runner(phase, tx, model)
-    optimizer = phase.config_section(c).optimizer
     # The rate is named because per-stage rates (rl.stage_learning_rate) override
     # rl.optimizer's: a user who sets only the latter sees here which one a phase uses.
     self._log(f'== phase {progress.phase_index + 1}/{len(self.phases)}: {phase.kind} for '
