@@ -132,6 +132,34 @@ def test_dataset_round_trips_through_tfds(task, data_dir):
   assert again.load_split('test', data_dir)[7] == task.generate('test')[7]
 
 
+class _TwinBuilder:
+  """A builder that loses TFDS's rename race: it raises as TFDS does when another run's
+  dataset lands first, after that run has (``finished=True``) or has not written it."""
+
+  def __init__(self, data_dir, finished):
+    self.data_dir, self.finished, self.calls = data_dir, finished, 0
+
+  def download_and_prepare(self):
+    self.calls += 1
+    if self.finished:
+      with open(os.path.join(self.data_dir, 'dataset_info.json'), 'w') as f:
+        f.write('{}')
+    raise FileExistsError('Cannot rename incomplete.X_1.0.0: destination 1.0.0 already exists.')
+
+
+def test_a_twin_run_building_the_same_dataset_reuses_its_files(tmp_path):
+  from score_jax.tasks import base
+  won = _TwinBuilder(str(tmp_path), finished=True)
+  base.write_once(won)  # The other run's finished copy is used; no error.
+  assert won.calls == 1
+  base.write_once(won)  # Present now: not written again.
+  assert won.calls == 1
+  lost = _TwinBuilder(str(tmp_path / 'other'), finished=False)
+  os.makedirs(lost.data_dir)
+  with pytest.raises(FileExistsError):  # No finished dataset there: the error is real.
+    base.write_once(lost)
+
+
 def test_tokenizer_round_trips_every_text_and_is_cached(task, data_dir):
   tokenizer = task.tokenizer(data_dir)
   path = os.path.join(task.dataset_dir(data_dir), f'tokenizer_v{task.vocab_size}.model')

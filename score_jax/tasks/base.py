@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import json
 import operator
+import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -189,3 +190,23 @@ def read_jsonl_lines(path: str) -> Iterator[tuple[int, str, Any]]:
         yield number, where, json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{where}: not valid JSON ({e.msg}); fix or remove the line.') from None
+
+
+def write_once(builder) -> None:
+  """``builder.download_and_prepare()`` unless the dataset is there, safe against a twin.
+
+  TFDS writes a dataset into a temporary directory and renames it into place. When two runs
+  (seeds started side by side on one ``data_dir``) build the same dataset at once, the second
+  rename fails with ``FileExistsError``; the directory it found is the first run's finished
+  dataset (renamed only once complete), so that run's copy is used and nothing is lost.
+  """
+  info = os.path.join(builder.data_dir, 'dataset_info.json')
+  if os.path.exists(info):
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.display_progress_bar(False)
+  try:
+    builder.download_and_prepare()
+  except FileExistsError:
+    if not os.path.exists(info):
+      raise

@@ -69,8 +69,7 @@ def prepare(task, data_dir: str) -> dict:
                       file_format='array_record')
   if not os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
     config.records = math_task.read_source(task.path, task.heldout_ids)
-    tfds.display_progress_bar(False)
-    builder.download_and_prepare()
+    base.write_once(builder)
     config.records = None
   sources = builder.as_data_source()
   missing = [s for s in task.splits if s not in sources]

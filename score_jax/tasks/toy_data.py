@@ -92,9 +92,7 @@ def prepare(task, data_dir: str):
   info = os.path.join(b.data_dir, 'dataset_info.json')
   if b.data_dir in _SOURCES and os.path.exists(info):
     return _SOURCES[b.data_dir]
-  if not os.path.exists(info):
-    tfds.display_progress_bar(False)
-    b.download_and_prepare()
+  base.write_once(b)
   _SOURCES[b.data_dir] = b.as_data_source()
   return _SOURCES[b.data_dir]
 
