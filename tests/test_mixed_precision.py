@@ -1,6 +1,7 @@
 """Mixed precision: fp32 master weights under bf16 compute, and the bf16 storage options."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,31 @@ def test_bad_storage_dtypes_stop_at_start_up(field, value, message):
   assert isinstance(node, ml_collections.ConfigDict)
   with pytest.raises(ValueError, match=message):
     config_lib.validate_train_config(config)
+
+
+@pytest.mark.parametrize('spec, x_shape, k_shape', [
+    ('btd,dhk->bthk', (2, 3, 8), (8, 2, 4)),       # a projection
+    ('bkrd,bksd->bkrs', (2, 2, 3, 4), (2, 2, 5, 4)),  # attention, batched over (b, k)
+    ('...d,vd->...v', (2, 3, 8), (16, 8)),          # tied output layer
+])
+def test_bf16_matmul_backward_multiplies_in_bf16(spec, x_shape, k_shape):
+  """Below fp32 both backward products take bf16 operands (no fp32 dot in the gradient's
+  HLO), the gradients come back in the operands' dtypes, and they match fp32 autodiff to
+  bf16 rounding; fp32 compute is plain autodiff, exactly."""
+  from score_jax.model.layers import matmul
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+  loss = lambda dtype: lambda a, b: jnp.sum(jnp.sin(matmul(spec, a, b, dtype)))
+  exact = jax.grad(lambda a, b: jnp.sum(jnp.sin(jnp.einsum(spec, a, b))), (0, 1))(x, kernel)
+  fp32 = jax.grad(loss(jnp.float32), (0, 1))(x, kernel)
+  low = jax.grad(loss(jnp.bfloat16), (0, 1))(x, kernel)
+  for want, got32, got16 in zip(exact, fp32, low):
+    np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5)
+    assert got16.dtype == jnp.float32
+    assert float(jnp.linalg.norm(got16 - want) / jnp.linalg.norm(want)) < 0.03
+  hlo = jax.jit(jax.grad(loss(jnp.bfloat16), (0, 1))).lower(x, kernel).as_text()
+  operand_types = [re.search(r': \((.*)\) ->', line).group(1)
+                   for line in hlo.splitlines() if 'dot_general' in line]
+  assert len(operand_types) == 3, operand_types  # forward, and one per operand's gradient
+  assert all('f32' not in types for types in operand_types), operand_types

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from score_jax.kernels import amx
 from score_jax.model.config import ModelConfig
 from score_jax.model.layers import (REMAT_POLICIES, AttentionInputs, Block, RMSNorm, Rotary,
-                                    mask_bias, softcap)
+                                    mask_bias, matmul, softcap)
 from score_jax.sharding import (MeshRules, constrain, is_axis_names, logical_axes_of,
                                 sharded_init)
 
@@ -220,11 +220,9 @@ class Decoder(nn.Module):
       out = amx.matmul(hidden.reshape(-1, c.d_model), self.unembedding).reshape(*lead, -1)
     elif c.tie_embeddings or c.kernel_layout == 'output_major':
       table = self.embedding if c.tie_embeddings else self.unembedding
-      out = jnp.einsum('...d,vd->...v', hidden.astype(dtype), table.astype(dtype),
-                       preferred_element_type=jnp.float32)
+      out = matmul('...d,vd->...v', hidden, table, dtype)
     else:
-      out = jnp.einsum('...d,dv->...v', hidden.astype(dtype), self.unembedding.astype(dtype),
-                       preferred_element_type=jnp.float32)
+      out = matmul('...d,dv->...v', hidden, self.unembedding, dtype)
     out = softcap(out, c.final_logit_softcap)
     if out.ndim == 3:
       out = constrain(out, ('batch', 'length', 'vocab'), self.mesh_rules)

@@ -7,6 +7,7 @@ key/value head, Dh head width, F MLP width, L layers.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -170,9 +171,48 @@ def matmul(spec: str, x: Array, kernel: Array, dtype) -> Array:
 
   Asking for an fp32 result is what accelerators do natively for bf16 operands, and on
   x86 CPUs it is what selects XLA's fast bf16 matrix kernels (a bf16 result does not).
+  Below fp32 the backward pass multiplies in ``dtype`` too (``_low_precision_einsum``).
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  return _low_precision_einsum(spec, jnp.dtype(dtype), x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(spec: str, dtype, x: Array, kernel: Array) -> Array:
+  """``einsum(spec, x, kernel)`` with operands in ``dtype`` and an fp32 result, whose two
+  backward products also take ``dtype`` operands (the fp32 cotangent rounded to ``dtype``)
+  and accumulate in fp32.
+
+  Left to autodiff, the transposed products of an fp32-result einsum multiply the fp32
+  cotangent by the operand promoted back to fp32: the backward pass then runs at the fp32
+  rate, and a bf16 update was measured no faster than an fp32 one (BENCHMARKS.md). Rounding
+  the cotangent is what bf16 training on accelerators does; the gradients come back in the
+  operands' own dtypes (fp32 master weights get fp32 gradients).
   """
   return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
                     preferred_element_type=jnp.float32)
+
+
+def _low_precision_einsum_fwd(spec, dtype, x, kernel):
+  low_x, low_kernel = x.astype(dtype), kernel.astype(dtype)
+  out = jnp.einsum(spec, low_x, low_kernel, preferred_element_type=jnp.float32)
+  # The operands' dtypes travel as empty arrays (residuals must be arrays).
+  return out, (low_x, low_kernel, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+
+
+def _low_precision_einsum_bwd(spec, dtype, residuals, cotangent):
+  low_x, low_kernel, x_dtype, kernel_dtype = residuals
+  inputs, out = spec.split('->')
+  lhs, rhs = inputs.split(',')
+  g = cotangent.astype(dtype)
+  dx = jnp.einsum(f'{out},{rhs}->{lhs}', g, low_kernel, preferred_element_type=jnp.float32)
+  dkernel = jnp.einsum(f'{lhs},{out}->{rhs}', low_x, g, preferred_element_type=jnp.float32)
+  return dx.astype(x_dtype.dtype), dkernel.astype(kernel_dtype.dtype)
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
 
 
 def lora_delta(module: nn.Module, name: str, spec: str, x: Array, in_shape: tuple[int, ...],
