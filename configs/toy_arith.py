@@ -13,7 +13,6 @@ The phase schedule is a field like any other, e.g. ``--config.schedule=sft:600,s
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from score_jax import config_lib
 
@@ -48,8 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       first_correct=0.8, keep_correct=0.85, fix_wrong=0.25, copy_wrong=0.6, carry_habit=0.7,
       # The base model, asked to revise, changes right answers to wrong ones (docs/tasks.md).
       second_guess=0.9,
-      # Unset: a random slip gets fix_wrong and copy_wrong as well.
-      slip_fix=config_dict.placeholder(float), slip_copy=config_dict.placeholder(float)))
+      # After a random slip attempt 2 writes the line afresh: the base model re-derives a step
+      # instead of copying it, while it still copies the habit's line (docs/stage2.md,
+      # Hypotheses 15 and 16).
+      slip_fix=1.0, slip_copy=0.0))
   config.sft.optimizer.learning_rate = 3e-3
   config.sft.optimizer.warmup_steps = 30
   config.sft.optimizer.decay = 'cosine'
