@@ -58,7 +58,8 @@ def step_flops(config, num_params: int, tokens_per_row: int, rows: int) -> float
 def measure(args, dtype: str, lora_rank: int = 0) -> dict:
   """Compiles and times one update configuration; returns its table row's values."""
   model_config = config_lib.build_model_config(config_lib.model_config(
-      args.preset, dtype=dtype, param_dtype='float32', remat_policy=args.remat))
+      args.preset, dtype=dtype, param_dtype='float32', remat_policy=args.remat,
+      scan_layers=not args.unrolled))
   plain = Decoder(model_config)
   params, _ = init_params(plain, jax.random.key(0))
   num_params = sum(x.size for x in jax.tree.leaves(params))
@@ -105,7 +106,8 @@ def measure(args, dtype: str, lora_rank: int = 0) -> dict:
   assert np.isfinite(float(metrics['loss'])), metrics
   median = statistics.median(times)
   flops = step_flops(model_config, num_params, spec.total_len, rows)
-  return dict(name=f'lora{lora_rank} ' * bool(lora_rank) + dtype, dtype=dtype,
+  return dict(name=f'lora{lora_rank} ' * bool(lora_rank) + dtype + ' unrolled' * args.unrolled,
+              dtype=dtype,
               num_params=num_params, rows=rows, slots=spec.total_len, median=median,
               tokens_per_s=rows * spec.total_len / median, flops=flops,
               achieved=flops / median, compile_s=compile_s, peak_bytes=peak_bytes,
@@ -125,6 +127,8 @@ def main():
   parser.add_argument('--lora_rank', type=int, default=0,
                       help='also time a LoRA update of this rank (in the last dtype); 0: none')
   parser.add_argument('--remat', default='none', help="remat policy: none, dots, full, ...")
+  parser.add_argument('--unrolled', action='store_true',
+                      help='unrolled layers (model.scan_layers=False) instead of a scan')
   parser.add_argument('--logprob_chunk', type=int, default=256)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--default_malloc', action='store_true',

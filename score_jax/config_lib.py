@@ -205,8 +205,9 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.model = model_config('tiny')
   # Weights to start from: a Hugging Face checkpoint directory or a .gguf file. Empty: random
   # initialisation. When set, the architecture and the tokenizer come from the checkpoint;
-  # of config.model only the run settings (dtype, param_dtype, scan_layers, remat_policy)
-  # apply, and task.template='checkpoint' uses the checkpoint's own chat template.
+  # of config.model only the run settings (dtype, param_dtype, scan_layers, scan_unroll,
+  # scan_decode, remat_policy) apply, and task.template='checkpoint' uses the checkpoint's
+  # own chat template.
   c.init_from = ''
   c.mesh = mesh_config()
   c.task = ml_collections.ConfigDict(dict(

@@ -94,6 +94,21 @@ def test_scanned_and_unrolled_layers_agree(preset):
                              full_logits(model, params, tokens, valid), atol=1e-4)
 
 
+def test_scan_unroll_compiles_the_same_model():
+  """``scan_unroll`` changes how the scanned layers compile, not what they compute: the same
+  stacked parameters give the same logits with 1, 2 or all layers per loop iteration."""
+  model, params, _ = make_model('tiny')
+  tokens = random_tokens(5, (2, 12), model.config.vocab_size)
+  valid = jnp.ones((2, 12), bool)
+  expected = full_logits(model, params, tokens, valid)
+  for unroll in (2, model.config.num_layers, model.config.num_layers + 3):
+    unrolled = Decoder(tiny_config('tiny', scan_unroll=unroll))
+    np.testing.assert_allclose(full_logits(unrolled, params, tokens, valid), expected,
+                               atol=1e-5)
+  with pytest.raises(ValueError, match='model.scan_unroll must be a positive integer; got 0'):
+    tiny_config('tiny', scan_unroll=0)
+
+
 @pytest.mark.parametrize('kernel_layout', ['input_major', 'output_major'])
 @pytest.mark.parametrize('preset, overrides', [
     ('tiny', dict(qkv_bias=True, tie_embeddings=False)),

@@ -24,7 +24,8 @@ Pretrained = HuggingFaceCheckpoint | GGUFCheckpoint
 
 # ModelConfig fields that are run settings rather than architecture: a config may set them
 # for an imported checkpoint too.
-RUN_SETTINGS = ('param_dtype', 'dtype', 'scan_layers', 'scan_decode', 'remat_policy')
+RUN_SETTINGS = ('param_dtype', 'dtype', 'scan_layers', 'scan_unroll', 'scan_decode',
+                'remat_policy')
 
 __all__ = ['GGUFCheckpoint', 'HuggingFaceCheckpoint', 'Pretrained', 'RUN_SETTINGS', 'hf',
            'model_config_for', 'open_pretrained']

@@ -73,6 +73,10 @@ class ModelConfig:
   param_dtype: str = 'float32'
   dtype: str = 'float32'  # Compute dtype of matmuls; norms, softmax and log-probs run in fp32.
   scan_layers: bool = True  # One scanned layer body (fast compiles, stacked parameters).
+  # Layers per iteration of the scanned loop: num_layers compiles the scan as straight-line
+  # code, as fast as unrolled layers on a CPU for a few small layers, with the scan's stacked
+  # parameters and its results unchanged (the same losses, bit for bit, on the toy model).
+  scan_unroll: int = 1
   # Sampling runs the layers unrolled from a per-layer copy of the weights (in the compute
   # dtype) made once per rollout: each layer's KV cache is then its own buffer, written in
   # place and read without slicing a stack. True keeps the scanned body for decoding too
@@ -176,7 +180,7 @@ class ModelConfig:
 def _validate(c: ModelConfig) -> None:
   """Raises ValueError naming the offending ``model.*`` field and value."""
   for name in ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim',
-               'mlp_dim'):
+               'mlp_dim', 'scan_unroll'):
     value = getattr(c, name)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f'model.{name} must be a positive integer; got {value!r}.')

@@ -147,6 +147,7 @@ class Decoder(nn.Module):
       self.layers = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True},
           in_axes=(0, nn.broadcast), length=c.num_layers,
+          unroll=min(c.scan_unroll, c.num_layers),
           metadata_params={nn.PARTITION_NAME: 'layers'})(c, self.mesh_rules)
     else:
       self.layers = [block(c, self.mesh_rules, name=f'layer_{i}') for i in range(c.num_layers)]
