@@ -349,9 +349,11 @@ class Trainer:
     result = self.evaluator.run(params, examples, self.eval_sampling, seed=c.seed,
                                 samples=samples, after_batch=lambda *_: self._stop_if_preempted())
     self.writer.write(step, {f'eval/{k}': v for k, v in result.items()}, phase=name)
-    if self.is_main_process and name in ('base', 'final'):
-      # Both attempts on every problem, e.g. for the edit-distance histograms of reproduce.
-      paths.write_text(os.path.join(self.workdir, f'eval_{name}_samples.jsonl'),
+    if self.is_main_process:
+      # Both attempts on every problem, e.g. for the edit-distance histograms of reproduce
+      # and the transcripts of score_jax.transcripts; in-between evaluations by their step.
+      label = name if name in ('base', 'final') else f'step{step}'
+      paths.write_text(os.path.join(self.workdir, f'eval_{label}_samples.jsonl'),
                        ''.join(json.dumps(s) + '\n' for s in samples))
     self._log(f'   {name}: Acc@t1 {result["acc_t1"]:.3f}  Acc@t2 {result["acc_t2"]:.3f}  '
               f'Δ {result["delta"]:+.3f}  Δi→c {result["delta_i2c"]:.3f}  '
