@@ -289,6 +289,34 @@ def test_gguf_export_loads_in_transformers_with_its_tokenizer(smollm2, tmp_path)
                              atol=1e-3, rtol=0)
 
 
+def test_export_answers_in_transformers_as_in_score_jax(smollm2, tmp_path):
+  """``convert --check_against``'s comparison (score_jax/convert/parity.py) on the exported
+  weights: a question with digits, rendered by the export's own template and tokenizer, gets
+  score-jax's greedy attempt 1 from transformers."""
+  from score_jax.convert import parity  # pylint: disable=g-import-not-at-top
+  pretrained, config, params, _ = smollm2
+  tokenizer = pretrained.tokenizer
+  hf.export(params, config, str(tmp_path), tokenizer=tokenizer,
+            chat_template=pretrained.chat_template)
+  template = JinjaChatTemplate(pretrained.chat_template)
+  question = 'What is 14 + 17?'
+  stops = template.stop_tokens(tokenizer)
+  spec = RolloutSpec(prompt_len=48, attempt1_len=16, attempt2_len=4, stop_tokens=stops,
+                     instruction_tokens=tuple(template.encode_instruction(tokenizer, 'Check.')),
+                     pad_id=tokenizer.pad_id)
+  tokens, valid = pack_prompts([template.encode_prompt(tokenizer, question)], spec.prompt_len,
+                               spec.pad_id)
+  rollout = make_rollout_fn(Decoder(config), spec)(params, tokens, valid, jax.random.key(0),
+                                                  SamplingParams.greedy())
+  ours = tokenizer.decode(attempt_token_lists(jax.device_get(rollout), stops)[0][0])
+  assert any(ch.isdigit() for ch in ours), ours
+  (result,) = parity.compare([{'id': 'q', 'attempt1': ours}], {'q': question}, str(tmp_path),
+                             max_new_tokens=16, num=1)
+  assert result.same, (result.ours, result.theirs)
+  with pytest.raises(ValueError, match='held-out split'):
+    parity.compare([{'id': 'other', 'attempt1': ours}], {'q': question}, str(tmp_path), 16, 1)
+
+
 def test_tokenizer_files_beside_the_weights(family_case, tmp_path):
   """tokenizer.json with its special tokens and chat template; else a sentencepiece model."""
   import shutil  # pylint: disable=g-import-not-at-top

@@ -3,6 +3,10 @@ r"""Converts checkpoints between score-jax and the formats serving stacks read.
   # A trained run's policy (latest step, or --step) → a Hugging Face checkpoint:
   python -m score_jax.convert --checkpoint=/tmp/score-smollm2 --output=/tmp/smollm2-score
 
+  # ... and check that transformers gives the export's first held-out answers as score-jax did:
+  python -m score_jax.convert --checkpoint=/tmp/score-smollm2 --output=/tmp/smollm2-score \
+      --check_against=/tmp/score-smollm2/eval_final_samples.jsonl --check_num=5
+
   # A GGUF file or a Hugging Face directory → a Hugging Face checkpoint (f32 safetensors),
   # read and written through score-jax's own importer and exporter:
   python -m score_jax.convert --input=SmolLM2-135M-Instruct.Q4_1.gguf --output=/tmp/smollm2-hf
@@ -34,6 +38,12 @@ _STEP = flags.DEFINE_integer('step', None, 'With --checkpoint: the step (default
 _OUTPUT = flags.DEFINE_string('output', None, 'The Hugging Face checkpoint directory to write.')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16', 'float16'],
                            'Dtype of the written weights (default: the parameters\' own).')
+_CHECK_AGAINST = flags.DEFINE_string(
+    'check_against', None,
+    'With --checkpoint: an evaluation samples file of the exported step (a run\'s '
+    'eval_final_samples.jsonl); the export, loaded in transformers, must give the same greedy '
+    'attempt 1 on its first --check_num problems (score_jax/convert/parity.py).')
+_CHECK_NUM = flags.DEFINE_integer('check_num', 3, 'Problems compared by --check_against.')
 flags.mark_flags_as_required(['output'])
 
 
@@ -59,7 +69,24 @@ def _from_checkpoint(path: str, step: int | None):
                                with_reference=False)
   finally:
     checkpointer.close()
-  return params, experiment.model_config, experiment.pretrained, experiment.tokenizer
+  return params, experiment, experiment.pretrained, experiment.tokenizer
+
+
+def _check_against(experiment, samples_path: str, output: str) -> bool:
+  """Compares the export's greedy attempts 1 in transformers with an evaluation's; prints
+  each and returns whether all agree."""
+  from score_jax.convert import parity  # pylint: disable=g-import-not-at-top
+  from score_jax.writers import read_jsonl  # pylint: disable=g-import-not-at-top
+  problems = {e.id: experiment.task.first_turn_prompt(e) for e in experiment.test_examples}
+  results = parity.compare(read_jsonl(samples_path), problems, output,
+                           experiment.spec.attempt1_len, _CHECK_NUM.value,
+                           system=experiment.config.task.system_prompt or None)
+  for r in results:
+    print(f'{"same" if r.same else "DIFFERENT"} attempt 1 on {r.id!r}: score-jax {r.ours!r}' +
+          ('' if r.same else f', transformers {r.theirs!r}'))
+  same = sum(r.same for r in results)
+  print(f'transformers gives the same greedy attempt 1 on {same} of {len(results)} problems')
+  return same == len(results)
 
 
 def main(argv):
@@ -72,7 +99,8 @@ def main(argv):
     if _INPUT.value is not None:
       params, config, source, tokenizer = _from_input(_INPUT.value)
     else:
-      params, config, source, tokenizer = _from_checkpoint(_CHECKPOINT.value, _STEP.value)
+      params, experiment, source, tokenizer = _from_checkpoint(_CHECKPOINT.value, _STEP.value)
+      config = experiment.model_config
     if not isinstance(tokenizer, hf.HuggingFaceTokenizer):
       tokenizer = None  # e.g. the toy task's sentencepiece model: weights and config only.
     files = hf.export(params, config, _OUTPUT.value, dtype=_DTYPE.value, tokenizer=tokenizer,
@@ -86,6 +114,16 @@ def main(argv):
   if tokenizer is None:
     print('no Hugging Face tokenizer to write (the source has none): add tokenizer files '
           'before loading the export with a tokenizer.')
+  if _CHECK_AGAINST.value:
+    if _CHECKPOINT.value is None or tokenizer is None:
+      raise SystemExit('score_jax.convert: --check_against needs --checkpoint of a run whose '
+                       'model has a Hugging Face tokenizer.')
+    try:
+      agree = _check_against(experiment, _CHECK_AGAINST.value, _OUTPUT.value)
+    except (ValueError, FileNotFoundError) as e:
+      raise SystemExit(f'score_jax.convert: {e}') from None
+    if not agree:
+      raise SystemExit(1)
 
 
 if __name__ == '__main__':
