@@ -3,9 +3,13 @@ r"""Converts checkpoints between score-jax and the formats serving stacks read.
   # A trained run's policy (latest step, or --step) → a Hugging Face checkpoint:
   python -m score_jax.convert --checkpoint=/tmp/score-smollm2 --output=/tmp/smollm2-score
 
-  # ... and check that transformers gives the export's first held-out answers as score-jax did:
+  # ... and check that transformers gives the export's first held-out answers as score-jax
+  # does, both in fp32 (a bf16 evaluation, e.g. the run's own eval_final_samples.jsonl, differs
+  # from fp32 on some near-tied tokens, whichever library runs it):
+  python -m score_jax.evaluate --checkpoint=/tmp/score-smollm2 --nobase --num_problems=10 \
+      --config=configs/smollm2_score.py --config.model.dtype=float32 --output=/tmp/fp32/eval.json
   python -m score_jax.convert --checkpoint=/tmp/score-smollm2 --output=/tmp/smollm2-score \
-      --check_against=/tmp/score-smollm2/eval_final_samples.jsonl --check_num=5
+      --check_against=/tmp/fp32/eval_samples.jsonl --check_num=10
 
   # A GGUF file or a Hugging Face directory → a Hugging Face checkpoint (f32 safetensors),
   # read and written through score-jax's own importer and exporter:
@@ -40,9 +44,10 @@ _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16', 'float16'],
                            'Dtype of the written weights (default: the parameters\' own).')
 _CHECK_AGAINST = flags.DEFINE_string(
     'check_against', None,
-    'With --checkpoint: an evaluation samples file of the exported step (a run\'s '
-    'eval_final_samples.jsonl); the export, loaded in transformers, must give the same greedy '
-    'attempt 1 on its first --check_num problems (score_jax/convert/parity.py).')
+    'With --checkpoint: an evaluation samples file of the exported step, evaluated in fp32 '
+    '(score_jax.evaluate --config.model.dtype=float32); the export, loaded in transformers in '
+    'fp32, must give the same greedy attempt 1 on its first --check_num problems '
+    '(score_jax/convert/parity.py).')
 _CHECK_NUM = flags.DEFINE_integer('check_num', 3, 'Problems compared by --check_against.')
 flags.mark_flags_as_required(['output'])
 

@@ -6,6 +6,11 @@ trained policy and then, for the first problems of an evaluation's samples file 
 export with ``transformers``, renders each problem with the export's own chat template,
 decodes attempt 1 greedily, and compares its text with the attempt 1 the score-jax evaluator
 wrote. Needs ``torch`` and ``transformers`` (the test extras).
+
+``transformers`` runs the export in fp32, so the samples should come from an fp32 evaluation
+(``score_jax.evaluate --config.model.dtype=float32``): bf16 compute changes the greedy text
+where two tokens are nearly tied (SmolLM2 after SCoRe: the same attempt 1 on 77 of 100 held-out
+problems in bf16 and fp32; docs/real_model.md), which says nothing about the export.
 """
 
 from __future__ import annotations
