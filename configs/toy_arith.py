@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'tiny', vocab_size=128, num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
       head_dim=32, mlp_dim=384,
       # The four scanned layers compiled as straight-line code: about 1.3x the SFT steps/s of
-      # a scanned loop, with the same results (BENCHMARKS.md).
+      # a scanned loop, the same parameters and SFT losses (docs/stage2.md, Hypothesis 17).
       scan_unroll=4)
   config.model_preset = 'tiny'
 

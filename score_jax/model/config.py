@@ -75,7 +75,7 @@ class ModelConfig:
   scan_layers: bool = True  # One scanned layer body (fast compiles, stacked parameters).
   # Layers per iteration of the scanned loop: num_layers compiles the scan as straight-line
   # code, as fast as unrolled layers on a CPU for a few small layers, with the scan's stacked
-  # parameters and its results unchanged (the same losses, bit for bit, on the toy model).
+  # parameters (bit-identical SFT losses on the toy model; later, rounding may differ).
   scan_unroll: int = 1
   # Sampling runs the layers unrolled from a per-layer copy of the weights (in the compute
   # dtype) made once per rollout: each layer's KV cache is then its own buffer, written in
