@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import logging
 import operator
 import os
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -190,6 +191,30 @@ def read_jsonl_lines(path: str) -> Iterator[tuple[int, str, Any]]:
         yield number, where, json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{where}: not valid JSON ({e.msg}); fix or remove the line.') from None
+
+
+def check_split_sizes(train_size: int, test_size: int) -> None:
+  """Raises ValueError unless both sizes of a generated task's splits are positive."""
+  if train_size < 1 or test_size < 1:
+    raise ValueError(f'train_size and test_size must be positive; got {train_size} and '
+                     f'{test_size}.')
+
+
+class _QuietCustomConfig(logging.Filter):
+  """Drops TFDS's warning that a (always custom) builder config is not in BUILDER_CONFIGS."""
+
+  def __init__(self, config_class_name: str):
+    super().__init__()
+    self.message = f'Using custom data configuration: {config_class_name}'
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.message not in record.getMessage()
+
+
+def quiet_custom_config_warning(config_class_name: str) -> None:
+  """Silences TFDS's warning for a builder config class that is built per setting, as every
+  dataset of score-jax's tasks is (the config is never one of ``BUILDER_CONFIGS``)."""
+  logging.getLogger('absl').addFilter(_QuietCustomConfig(config_class_name))
 
 
 def write_once(builder) -> None:

@@ -9,7 +9,6 @@ with its file and field, not as a TFDS failure), and keep their source order.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import tensorflow_datasets as tfds
@@ -50,12 +49,7 @@ class ScoreMath(tfds.core.GeneratorBasedBuilder):
                                         'subject')}
 
 
-class _QuietCustomConfig(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return 'Using custom data configuration: MathConfig' not in record.getMessage()
-
-
-logging.getLogger('absl').addFilter(_QuietCustomConfig())
+base.quiet_custom_config_warning('MathConfig')
 
 
 def prepare(task, data_dir: str) -> dict:

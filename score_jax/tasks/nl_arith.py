@@ -204,9 +204,7 @@ class NlArithTask(base.Task):
                operators: str = '+-', style: str = 'question', seed: int = 0,
                train_size: int = 800, test_size: int = 500):
     self.settings = NlArithSettings(min_operand, max_operand, num_operands, operators, style)
-    if train_size < 1 or test_size < 1:
-      raise ValueError(f'train_size and test_size must be positive; got {train_size} and '
-                       f'{test_size}.')
+    base.check_split_sizes(train_size, test_size)
     self.seed, self.train_size, self.test_size = seed, train_size, test_size
 
   def generate(self, split: str) -> list[NlArithExample]:

@@ -9,7 +9,6 @@ is the i-th generated problem.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import tensorflow_datasets as tfds
@@ -58,14 +57,7 @@ class ScoreNlArith(tfds.core.GeneratorBasedBuilder):
       yield index, {'id': example.id, 'problem': example.problem, 'answer': example.answer}
 
 
-class _QuietCustomConfig(logging.Filter):
-  """Drops TFDS's warning that our (always custom) config is not in BUILDER_CONFIGS."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return 'Using custom data configuration: NlArithConfig' not in record.getMessage()
-
-
-logging.getLogger('absl').addFilter(_QuietCustomConfig())
+base.quiet_custom_config_warning('NlArithConfig')
 
 
 def builder(task, data_dir: str) -> ScoreNlArith:

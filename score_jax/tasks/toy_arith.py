@@ -379,9 +379,7 @@ class ToyArithTask(base.Task):
                mul_digits: int = 1, allow_negative: bool = False, seed: int = 0,
                train_size: int = 20_000, test_size: int = 1_000, vocab_size: int = 128):
     self.settings = ArithSettings(digits, num_operands, operators, mul_digits, allow_negative)
-    if train_size < 1 or test_size < 1:
-      raise ValueError(f'train_size and test_size must be positive; got {train_size} and '
-                       f'{test_size}.')
+    base.check_split_sizes(train_size, test_size)
     self.seed, self.train_size, self.test_size = seed, train_size, test_size
     self.vocab_size = vocab_size
     self._test_problems: frozenset[str] | None = None

@@ -11,7 +11,6 @@ written atomically, loaded when present.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import tensorflow_datasets as tfds
@@ -62,14 +61,7 @@ class ScoreToyArith(tfds.core.GeneratorBasedBuilder):
                     'solution': example.solution}
 
 
-class _QuietCustomConfig(logging.Filter):
-  """Drops TFDS's warning that our (always custom) config is not in BUILDER_CONFIGS."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return 'Using custom data configuration: ToyArithConfig' not in record.getMessage()
-
-
-logging.getLogger('absl').addFilter(_QuietCustomConfig())
+base.quiet_custom_config_warning('ToyArithConfig')
 
 
 def builder(task, data_dir: str) -> ScoreToyArith:
