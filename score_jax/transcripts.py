@@ -82,14 +82,13 @@ def format_transcripts(before: Sequence[Mapping], after: Sequence[Mapping], per_
 
 def _run_context(workdir: str) -> tuple[dict[str, str], str]:
   """The held-out problems' texts and the instruction, from the run's stored config."""
-  from score_jax import tasks  # pylint: disable=g-import-not-at-top
   from score_jax.checkpoints import Checkpointer, checkpoint_dir  # pylint: disable=g-import-not-at-top
-  from score_jax.training.experiment import _task_options  # pylint: disable=g-import-not-at-top
+  from score_jax.training.experiment import build_task  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   run_dir, directory = checkpoint_dir(workdir)
   config = ml_collections.ConfigDict(
       Checkpointer(directory, async_save=False).read_meta()['config'])
-  task = tasks.get_task(config.task.name, **_task_options(config.task))
+  task = build_task(config.task)
   data_dir = config.task.data_dir or os.path.join(run_dir, 'data')
   examples = task.load_split(config.task.test_split, data_dir)
   problems = {e.id: task.first_turn_prompt(e) for e in examples[:config.eval.num_problems]}

@@ -57,7 +57,7 @@ class Experiment:
         prompt slot or a vocabulary larger than the model's.
     """
     data_dir = config.task.data_dir or os.path.join(workdir, 'data')
-    task = tasks.get_task(config.task.name, **_task_options(config.task))
+    task = build_task(config.task)
     # Evaluation needs no training data (HumanEval, for one, has only a test split).
     train_examples = (task.load_split(config.task.train_split, data_dir)
                       if with_train_split else [])
@@ -163,6 +163,11 @@ def _template(name: str, pretrained) -> ChatTemplate | JinjaChatTemplate:
     raise ValueError("task.template='checkpoint' needs a checkpoint with a chat template in "
                      "--config.init_from; otherwise name a built-in template.")
   return JinjaChatTemplate(pretrained.chat_template)
+
+
+def build_task(task_config: ml_collections.ConfigDict) -> tasks.Task:
+  """The task ``config.task`` names, with its task-specific settings."""
+  return tasks.get_task(task_config.name, **_task_options(task_config))
 
 
 def _task_options(task_config: ml_collections.ConfigDict) -> dict:
