@@ -9,6 +9,7 @@ in the entry point, through :func:`build_model_config` and :func:`build_mesh`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib.util
@@ -513,3 +514,37 @@ def shrink_for_aot_test(config: ml_collections.ConfigDict, tiny_preset: str,
   config.rl.batch_size = 8 * config.rl.minibatches  # 2 rows per chip in each minibatch.
   config.eval.batch_size = 16
   return config
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  """``'NAME:a.b=1;c=x'`` -> ``('NAME', {'a.b': 1, 'c': 'x'})``."""
+  name, _, body = text.partition(':')
+  if not name:
+    raise ValueError(f'--variant {text!r}: expected NAME:field=value;field=value.')
+  overrides = {}
+  for item in filter(None, (part.strip() for part in body.split(';'))):
+    field, sep, raw = item.partition('=')
+    if not sep:
+      raise ValueError(f'--variant {name}: {item!r} is not field=value.')
+    try:
+      overrides[field.strip()] = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+      overrides[field.strip()] = raw.strip()
+  return name, overrides
+
+
+def apply_overrides(config, overrides: dict):
+  """A copy of ``config`` with the overrides set; an undeclared field is a ValueError."""
+  c = config.copy_and_resolve_references()
+  for field, value in overrides.items():
+    *parents, leaf = field.split('.')
+    node = c
+    for part in parents:
+      node = node[part] if part in node else None
+      if node is None:
+        break
+    if node is None or leaf not in node:
+      raise ValueError(f'{field} is not a field of the config.')
+    node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) and not \
+        isinstance(node[leaf], bool) else value
+  return c

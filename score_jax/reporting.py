@@ -1,4 +1,5 @@
-"""The paper-style table and the training-curve plot written at the end of a run."""
+"""The paper-style table and the training-curve plot written at the end of a run, and the
+transcripts of held-out problems (``python -m score_jax.transcripts``)."""
 
 from __future__ import annotations
 
@@ -159,3 +160,53 @@ def save_png(fig, path: str) -> str:
   pyplot().close(fig)
   epath.Path(path).write_bytes(png.getvalue())
   return path
+
+
+# Transcripts (python -m score_jax.transcripts): a fixed rule picks the problems shown.
+OUTCOMES = (('i→c', (0, 1)), ('c→i', (1, 0)), ('i→i', (0, 0)), ('c→c', (1, 1)))
+
+
+def outcome(sample: Mapping) -> str:
+  """'i→c', 'c→i', 'i→i' or 'c→c': attempt 1 then attempt 2, (i)ncorrect or (c)orrect."""
+  rewards = (int(sample['reward1'] > 0), int(sample['reward2'] > 0))
+  return next(name for name, pattern in OUTCOMES if pattern == rewards)
+
+
+def choose(after: Sequence[Mapping], per_outcome: int) -> dict[str, list[Mapping]]:
+  """The first ``per_outcome`` samples of each outcome, in the samples' (held-out) order."""
+  chosen: dict[str, list[Mapping]] = {name: [] for name, _ in OUTCOMES}
+  for sample in after:
+    group = chosen[outcome(sample)]
+    if len(group) < per_outcome:
+      group.append(sample)
+  return chosen
+
+
+def _quote(text: str) -> str:
+  body = text.strip() or '(empty)'
+  return '\n'.join('    ' + line for line in body.splitlines())
+
+
+def format_transcripts(before: Sequence[Mapping], after: Sequence[Mapping], per_outcome: int,
+                       problems: Mapping[str, str] | None = None, instruction: str = '',
+                       labels: tuple[str, str] = ('before', 'after')) -> str:
+  """Markdown transcripts (see the module docstring); ``problems`` maps ids to problem text."""
+  by_id = {s['id']: s for s in before}
+  counts = {name: sum(outcome(s) == name for s in after) for name, _ in OUTCOMES}
+  lines = [f'Outcomes of the {labels[1]} model on {len(after)} held-out problems: ' +
+           ', '.join(f'{name} {count}' for name, count in counts.items()) + '.']
+  if instruction:
+    lines += ['', f'The instruction before every attempt 2: "{instruction}"']
+  for name, samples in choose(after, per_outcome).items():
+    lines += ['', f'### {name} after training ({counts[name]} problems; the first '
+              f'{len(samples)} shown)']
+    for sample in samples:
+      title = problems.get(sample['id'], sample['id']) if problems else sample['id']
+      lines += ['', f'**{title}** (id `{sample["id"]}`)']
+      for label, row in ((labels[0], by_id.get(sample['id'])), (labels[1], sample)):
+        if row is None:
+          continue
+        marks = ['right' if row[f'reward{i}'] > 0 else 'wrong' for i in (1, 2)]
+        lines += ['', f'{label}, attempt 1 ({marks[0]}):', '', _quote(row['attempt1']), '',
+                  f'{label}, attempt 2 ({marks[1]}):', '', _quote(row['attempt2'])]
+  return '\n'.join(lines) + '\n'

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Sequence
 
 from absl import app
 from absl import flags
 from etils import epath
 
 from score_jax import config_lib, paths
+from score_jax.reporting import format_transcripts
 from score_jax.writers import read_jsonl
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir with its evaluation samples.')
@@ -31,53 +31,6 @@ _BEFORE = flags.DEFINE_string('before', '', 'Samples before (default: WORKDIR/ev
 _AFTER = flags.DEFINE_string('after', '', 'Samples after (default: WORKDIR/eval_final_samples.jsonl).')
 _PER_OUTCOME = flags.DEFINE_integer('per_outcome', 2, 'Problems shown per outcome.')
 _OUTPUT = flags.DEFINE_string('output', '', 'Also write the Markdown here.')
-
-OUTCOMES = (('i→c', (0, 1)), ('c→i', (1, 0)), ('i→i', (0, 0)), ('c→c', (1, 1)))
-
-
-def outcome(sample: Mapping) -> str:
-  rewards = (int(sample['reward1'] > 0), int(sample['reward2'] > 0))
-  return next(name for name, pattern in OUTCOMES if pattern == rewards)
-
-
-def choose(after: Sequence[Mapping], per_outcome: int) -> dict[str, list[Mapping]]:
-  """The first ``per_outcome`` samples of each outcome, in the samples' (held-out) order."""
-  chosen: dict[str, list[Mapping]] = {name: [] for name, _ in OUTCOMES}
-  for sample in after:
-    group = chosen[outcome(sample)]
-    if len(group) < per_outcome:
-      group.append(sample)
-  return chosen
-
-
-def _quote(text: str) -> str:
-  body = text.strip() or '(empty)'
-  return '\n'.join('    ' + line for line in body.splitlines())
-
-
-def format_transcripts(before: Sequence[Mapping], after: Sequence[Mapping], per_outcome: int,
-                       problems: Mapping[str, str] | None = None, instruction: str = '',
-                       labels: tuple[str, str] = ('before', 'after')) -> str:
-  """Markdown transcripts (see the module docstring); ``problems`` maps ids to problem text."""
-  by_id = {s['id']: s for s in before}
-  counts = {name: sum(outcome(s) == name for s in after) for name, _ in OUTCOMES}
-  lines = [f'Outcomes of the {labels[1]} model on {len(after)} held-out problems: ' +
-           ', '.join(f'{name} {count}' for name, count in counts.items()) + '.']
-  if instruction:
-    lines += ['', f'The instruction before every attempt 2: "{instruction}"']
-  for name, samples in choose(after, per_outcome).items():
-    lines += ['', f'### {name} after training ({counts[name]} problems; the first '
-              f'{len(samples)} shown)']
-    for sample in samples:
-      title = problems.get(sample['id'], sample['id']) if problems else sample['id']
-      lines += ['', f'**{title}** (id `{sample["id"]}`)']
-      for label, row in ((labels[0], by_id.get(sample['id'])), (labels[1], sample)):
-        if row is None:
-          continue
-        marks = ['right' if row[f'reward{i}'] > 0 else 'wrong' for i in (1, 2)]
-        lines += ['', f'{label}, attempt 1 ({marks[0]}):', '', _quote(row['attempt1']), '',
-                  f'{label}, attempt 2 ({marks[1]}):', '', _quote(row['attempt2'])]
-  return '\n'.join(lines) + '\n'
 
 
 def _run_context(workdir: str) -> tuple[dict[str, str], str]:

@@ -1,6 +1,9 @@
 """Configs: presets, argument parsing, validation messages, command-line overrides."""
 
+import ast
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -98,17 +101,46 @@ def test_an_rl_phase_can_have_its_own_learning_rate():
 
 
 def test_study_variants_parse_and_apply_to_declared_fields():
-  from score_jax.paper import study  # pylint: disable=g-import-not-at-top
-  name, overrides = study.parse_variant(
+  name, overrides = config_lib.parse_variant(
       'slow:rl.stage_learning_rate.stage2=3e-5; schedule=sft:10,stage1:5,stage2:5')
   assert name == 'slow'
   assert overrides == {'rl.stage_learning_rate.stage2': 3e-5,
                        'schedule': 'sft:10,stage1:5,stage2:5'}
-  config = study.apply_overrides(config_lib.base_train_config(), overrides)
+  config = config_lib.apply_overrides(config_lib.base_train_config(), overrides)
   assert config.rl.stage_learning_rate.stage2 == 3e-5
   assert config.schedule == 'sft:10,stage1:5,stage2:5'
-  assert study.apply_overrides(config, {'rl.alpha': 1}).rl.alpha == 1.0
+  assert config_lib.apply_overrides(config, {'rl.alpha': 1}).rl.alpha == 1.0
   with pytest.raises(ValueError, match='rl.alpah is not a field'):
-    study.apply_overrides(config, {'rl.alpah': 1.0})
+    config_lib.apply_overrides(config, {'rl.alpah': 1.0})
   with pytest.raises(ValueError, match='expected NAME:field=value'):
-    study.parse_variant(':rl.alpha=1')
+    config_lib.parse_variant(':rl.alpha=1')
+
+
+def _modules_defining_flags() -> set[str]:
+  """The score_jax modules that define absl flags when imported (the command-line entry points)."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  found = set()
+  for path in (root / 'score_jax').rglob('*.py'):
+    if re.search(r'^\w+ = (config_)?flags\.DEFINE_', path.read_text(), re.MULTILINE):
+      parts = path.relative_to(root).with_suffix('').parts
+      found.add('.'.join(parts[:-1] if parts[-1] == '__init__' else parts))
+  return found
+
+
+def test_no_test_imports_a_command_line_module_in_process():
+  # Two entry points imported into one pytest worker define the same flag (--workdir, --config)
+  # twice, which absl refuses: which tests share a worker changes between runs, so the failure
+  # comes and goes. Tests run entry points as subprocesses and import library modules only.
+  entry_points = _modules_defining_flags()
+  assert {'score_jax.train', 'score_jax.transcripts', 'score_jax.paper.study'} <= entry_points
+  offenders = []
+  for path in pathlib.Path(__file__).resolve().parent.glob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+      else:
+        continue
+      offenders += [f'{path.name}:{node.lineno} {name}' for name in names if name in entry_points]
+  assert not offenders, offenders

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from score_jax import transcripts
+from score_jax import reporting
 
 
 def _sample(problem_id, reward1, reward2, attempt1='a1', attempt2='a2'):
@@ -18,19 +18,19 @@ AFTER = [_sample('p0', 1, 1), _sample('p1', 0, 1), _sample('p2', 1, 0), _sample(
 
 
 def test_outcomes_follow_both_rewards():
-  assert [transcripts.outcome(s) for s in AFTER] == [
+  assert [reporting.outcome(s) for s in AFTER] == [
       'c→c', 'i→c', 'c→i', 'i→c', 'i→i', 'i→c', 'c→c']
 
 
 def test_choose_keeps_the_first_problems_of_each_outcome_in_order():
-  chosen = transcripts.choose(AFTER, per_outcome=2)
+  chosen = reporting.choose(AFTER, per_outcome=2)
   assert {name: [s['id'] for s in group] for name, group in chosen.items()} == {
       'i→c': ['p1', 'p3'], 'c→i': ['p2'], 'i→i': ['p4'], 'c→c': ['p0', 'p6']}
 
 
 def test_markdown_shows_both_models_on_the_chosen_problems():
   before = [_sample(s['id'], 0, 0, attempt1=f'old {s["id"]}') for s in AFTER]
-  text = transcripts.format_transcripts(before, AFTER, 1, problems={'p1': 'What is 1 + 1?'},
+  text = reporting.format_transcripts(before, AFTER, 1, problems={'p1': 'What is 1 + 1?'},
                                         instruction='Check your answer.')
   assert text.startswith('Outcomes of the after model on 7 held-out problems: '
                          'i→c 3, c→i 1, i→i 1, c→c 2.')

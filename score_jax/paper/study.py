@@ -17,7 +17,6 @@ attempt's term). docs/stage2.md is written from such tables.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import sys
@@ -49,40 +48,6 @@ DIAGNOSTICS = ('delta', 'identical_rate', 'reward_t1', 'reward_t2', 'advantage_a
                'advantage_abs_attempt2', 'grad_norm_attempt1', 'grad_norm_attempt2',
                'kl_attempt1', 'kl_attempt2')
 DIAGNOSTIC_STEPS = 10
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-  """``'NAME:a.b=1;c=x'`` -> ``('NAME', {'a.b': 1, 'c': 'x'})``."""
-  name, _, body = text.partition(':')
-  if not name:
-    raise ValueError(f'--variant {text!r}: expected NAME:field=value;field=value.')
-  overrides = {}
-  for item in filter(None, (part.strip() for part in body.split(';'))):
-    field, sep, raw = item.partition('=')
-    if not sep:
-      raise ValueError(f'--variant {name}: {item!r} is not field=value.')
-    try:
-      overrides[field.strip()] = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-      overrides[field.strip()] = raw.strip()
-  return name, overrides
-
-
-def apply_overrides(config, overrides: dict):
-  """A copy of ``config`` with the overrides set; an undeclared field is a ValueError."""
-  c = config.copy_and_resolve_references()
-  for field, value in overrides.items():
-    *parents, leaf = field.split('.')
-    node = c
-    for part in parents:
-      node = node[part] if part in node else None
-      if node is None:
-        break
-    if node is None or leaf not in node:
-      raise ValueError(f'{field} is not a field of the config.')
-    node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) and not \
-        isinstance(node[leaf], bool) else value
-  return c
 
 
 def phase_results(run_dir: str, phases, base_eval: dict) -> list[dict]:
@@ -135,7 +100,7 @@ class Study:
     params, base_eval = self.warm_start(seed)
     results = {}
     for name, overrides in self.variants:
-      c = apply_overrides(self.config, overrides)
+      c = config_lib.apply_overrides(self.config, overrides)
       c.seed = seed
       phases = config_lib.validate_train_config(c)
       rl_phases = [p for p in phases if not p.is_warm_start]
@@ -175,9 +140,9 @@ def main(argv):
   config_lib.quiet_library_logs()
   workdir = paths.absolute(_WORKDIR.value)
   try:
-    variants = [parse_variant(v) for v in _VARIANTS.value]
+    variants = [config_lib.parse_variant(v) for v in _VARIANTS.value]
     for _, overrides in variants:
-      apply_overrides(_CONFIG.value, overrides)
+      config_lib.apply_overrides(_CONFIG.value, overrides)
     study = Study(_CONFIG.value, workdir, variants)
     per_seed = {int(seed): study.run_seed(int(seed)) for seed in _SEEDS.value}
   except ValueError as e:
