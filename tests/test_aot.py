@@ -84,6 +84,24 @@ def test_missing_libtpu_names_the_install_command(monkeypatch):
   assert "libtpu==0.0.42.*" in str(error.value)
 
 
+def test_lora_configs_are_refused_before_any_compile():
+  # The check compiles the full-weight programs; a LoRA run's state has other sizes.
+  config = load_config('gemma2_2b', 'tiny')
+  config.lora.rank = 8
+  with pytest.raises(ValueError, match=r'lora.rank=8: .* --config.lora.rank=0'):
+    aot.check(config)
+
+
+def test_an_unknown_override_is_one_line_and_exit_code_2():
+  result = subprocess.run(
+      [sys.executable, '-m', 'score_jax.aot', '--config=configs/gemma2_2b.py:tiny',
+       '--config.rl.alpah=1.0'], cwd=REPO, capture_output=True, text=True, check=False,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert result.stderr.startswith('Invalid config: ') and 'alpah' in result.stderr
+
+
 def test_update_flops_by_hand():
   model = config_lib.build_model_config(config_lib.model_config('tiny'))
   config = load_config('gemma2_2b', 'tiny')

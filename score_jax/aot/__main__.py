@@ -32,7 +32,7 @@ def _parse_flags(argv):
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:  # ml_collections' answer to an unknown field.
-    _fail(f'Invalid config: {config_lib.unknown_override(argv) or e}', EXIT_INVALID)
+    _fail(f'Invalid config: {config_lib.unknown_override(argv) or e}')
 
 
 def main(argv):

@@ -49,6 +49,11 @@ def first_rl_phase(phases: list[Phase]) -> Phase:
 def check(config: ml_collections.ConfigDict) -> Result:
   """Compiles the config's RL update and rollout for its slice and sizes both per chip."""
   phase = first_rl_phase(config_lib.validate_train_config(config))
+  if config.get('lora') and config.lora.rank:
+    # The trainer's LoRA state (frozen base, adapters, their optimizer) has another layout and
+    # other sizes; checking the full-weight programs instead would report the wrong memory.
+    raise ValueError(f'lora.rank={config.lora.rank}: the ahead-of-time check compiles '
+                     'full-weight training only; set --config.lora.rank=0 to check that.')
   kind = phase.kind
   tpu = Slice.from_config(config.get('tpu'))
   model_config = config_lib.build_model_config(config.model)
