@@ -128,6 +128,8 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
       ('mean |advantage|', ('train/advantage_abs_attempt1', 'train/advantage_abs_attempt2')),
       ('gradient norm per attempt', ('train/grad_norm_attempt1', 'train/grad_norm_attempt2')),
   ]
+  # What an empty panel means, where it is a setting rather than a run without RL steps.
+  why_empty = {'gradient norm per attempt': 'not measured: set rl.attempt_grad_norms=True'}
   columns = 4
   fig, axes = plt.subplots(len(panels) // columns, columns, figsize=(5 * columns, 3.4 * 2))
   for ax, (title, keys) in zip(axes.flat, panels):
@@ -141,6 +143,9 @@ def plot_curves(metrics_path: str, out_path: str) -> str | None:
     ax.set_xlabel('step')
     if ax.lines:
       ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, why_empty.get(title, 'nothing logged'), ha='center', va='center',
+              transform=ax.transAxes, color='gray')
   return save_png(fig, out_path)
 
 
