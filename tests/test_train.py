@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from score_jax import config_lib
 from score_jax.checkpoints import Checkpointer, restore_models
 from score_jax.model import init_params
+from score_jax.training import persistence
 from score_jax.training.experiment import Experiment
 from score_jax.training.steps import abstract_params_of, abstract_reference_of
 from score_jax.writers import read_jsonl
@@ -156,6 +158,7 @@ def _interrupt_and_resume(workdir, *overrides, stop_after=13):
   resumed = run_train(workdir, *overrides)
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
   assert f'Resumed from step {stopped_at}' in resumed.stdout
+  assert 'The config differs' not in resumed.stdout  # the same command, the same config
   return stopped_at
 
 
@@ -169,6 +172,24 @@ def _assert_same_run(expected_dir, got_dir, config):
   data = lambda path: [(r['step'], r['data']) for r in read_jsonl(path) if 'data' in r]
   assert (data(os.path.join(got_dir, 'metrics.jsonl')) ==
           data(os.path.join(expected_dir, 'metrics.jsonl')))
+
+
+@pytest.mark.slow
+def test_resuming_with_another_config_names_every_changed_field(smoke_run, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(smoke_run[0], workdir)
+  result = run_train(workdir, '--config.rl.alpha=5.0', '--config.eval.num_problems=16')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert ("The config differs from the one step 26 was saved with: eval.num_problems: 32 -> 16; "
+          "rl.alpha: 10.0 -> 5.0.") in result.stdout
+
+
+def test_config_changes_walks_nested_fields():
+  saved = dict(seed=0, rl=dict(alpha=10.0, lora=dict(rank=0)), task=dict(name='toy'))
+  current = dict(seed=0, rl=dict(alpha=10.0, lora=dict(rank=8)), task=dict(name='toy', n=3))
+  assert persistence.config_changes(saved, current) == [
+      'rl.lora.rank: 0 -> 8', 'task.n: (absent) -> 3']
+  assert persistence.config_changes(saved, saved) == []
 
 
 @pytest.mark.slow

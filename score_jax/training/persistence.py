@@ -65,6 +65,13 @@ class RunCheckpoints:
     phase = self.phases[progress.phase_index]
     self._log(f'Resumed from step {step} (phase {phase.kind}, '
               f'{progress.phase_step}/{phase.steps} done).')
+    saved_config = self.checkpointer.read_meta(step).get('config')
+    changes = config_changes(saved_config, json.loads(self.config.to_json_best_effort())) if (
+        saved_config is not None) else []
+    if changes:
+      # Allowed (e.g. a Stage II setting tried from a run's end of Stage I), but never silent.
+      self._log(f'The config differs from the one step {step} was saved with: '
+                + '; '.join(changes) + '.')
     return progress, state, reference
 
   def read(self, step: int):
@@ -183,3 +190,18 @@ def _all_finite_device(tree) -> jax.Array:
 def _all_finite(tree) -> bool:
   # One module-level jit: compiled once per parameter structure, not at every save.
   return bool(_all_finite_device(tree))
+
+
+def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
+  """``'field: saved -> current'`` for every leaf that differs between two config dicts."""
+  absent = object()
+  show = lambda value: '(absent)' if value is absent else repr(value)
+  changes = []
+  for key in sorted(set(saved) | set(current)):
+    name = f'{prefix}{key}'
+    old, new = saved.get(key, absent), current.get(key, absent)
+    if isinstance(old, dict) and isinstance(new, dict):
+      changes += config_changes(old, new, f'{name}.')
+    elif old is absent or new is absent or old != new:
+      changes.append(f'{name}: {show(old)} -> {show(new)}')
+  return changes
