@@ -195,7 +195,12 @@ def _quote(text: str) -> str:
 def format_transcripts(before: Sequence[Mapping], after: Sequence[Mapping], per_outcome: int,
                        problems: Mapping[str, str] | None = None, instruction: str = '',
                        labels: tuple[str, str] = ('before', 'after')) -> str:
-  """Markdown transcripts (see the module docstring); ``problems`` maps ids to problem text."""
+  """Markdown: for each outcome of the ``after`` model, the first ``per_outcome`` problems of
+  that outcome in held-out order, each with both models' attempts (``before`` matched by id).
+
+  ``problems`` maps ids to the problem text shown as each title; ``instruction`` is printed
+  once, as the text between the attempts. The rule is fixed so that nobody picks examples.
+  """
   by_id = {s['id']: s for s in before}
   counts = {name: sum(outcome(s) == name for s in after) for name, _ in OUTCOMES}
   lines = [f'Outcomes of the {labels[1]} model on {len(after)} held-out problems: ' +

@@ -15,7 +15,6 @@ instruction between them. The rule is fixed so that nobody picks the flattering 
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app
