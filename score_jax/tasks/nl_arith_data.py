@@ -13,7 +13,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from score_jax.tasks import base
+from score_jax.tasks import base, generated_data
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,33 +28,19 @@ class NlArithConfig(tfds.core.BuilderConfig):
   test_size: int = 500
 
 
-class ScoreNlArith(tfds.core.GeneratorBasedBuilder):
+class ScoreNlArith(generated_data.GeneratedTaskBuilder):
   """Arithmetic questions in English with their integer answers."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = []
+  DESCRIPTION = 'Generated arithmetic questions in English with integer answers.'
+  FIELDS = ('id', 'problem', 'answer')
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='Generated arithmetic questions in English with integer answers.',
-        features=tfds.features.FeaturesDict({
-            'id': tfds.features.Text(), 'problem': tfds.features.Text(),
-            'answer': tfds.features.Text()}),
-        disable_shuffling=True)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the problems are generated.
-    return {split: self._generate_examples(split) for split in ('train', 'test')}
-
-  def _generate_examples(self, split):
+  def task(self):
     from score_jax.tasks.nl_arith import NlArithTask  # pylint: disable=g-import-not-at-top
     c = self.builder_config
-    task = NlArithTask(c.min_operand, c.max_operand, c.num_operands, c.operators, c.style,
+    return NlArithTask(c.min_operand, c.max_operand, c.num_operands, c.operators, c.style,
                        c.seed, c.train_size, c.test_size)
-    for index, example in enumerate(task.generate(split)):
-      yield index, {'id': example.id, 'problem': example.problem, 'answer': example.answer}
 
 
 base.quiet_custom_config_warning('NlArithConfig')
@@ -80,5 +66,4 @@ def prepare(task, data_dir: str) -> dict:
 
 def record_to_example(record):
   from score_jax.tasks.nl_arith import NlArithExample  # pylint: disable=g-import-not-at-top
-  return NlArithExample(id=base.text(record['id']), problem=base.text(record['problem']),
-                        answer=base.text(record['answer']))
+  return NlArithExample(**generated_data.record_fields(record, ScoreNlArith.FIELDS))

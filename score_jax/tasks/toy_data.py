@@ -15,7 +15,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from score_jax.tasks import base
+from score_jax.tasks import base, generated_data
 from score_jax.tokenizer import SentencePieceTokenizer
 
 
@@ -31,34 +31,19 @@ class ToyArithConfig(tfds.core.BuilderConfig):
   test_size: int = 1_000
 
 
-class ScoreToyArith(tfds.core.GeneratorBasedBuilder):
+class ScoreToyArith(generated_data.GeneratedTaskBuilder):
   """Toy arithmetic problems with their gold answers and worked solutions."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = []
+  DESCRIPTION = 'Generated arithmetic problems with a worked line and a final answer.'
+  FIELDS = ('id', 'problem', 'answer', 'solution')
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='Generated arithmetic problems with a worked line and a final answer.',
-        features=tfds.features.FeaturesDict({
-            'id': tfds.features.Text(), 'problem': tfds.features.Text(),
-            'answer': tfds.features.Text(), 'solution': tfds.features.Text()}),
-        disable_shuffling=True)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the problems are generated.
-    return {split: self._generate_examples(split) for split in ('train', 'test')}
-
-  def _generate_examples(self, split):
+  def task(self):
     from score_jax.tasks.toy_arith import ToyArithTask  # pylint: disable=g-import-not-at-top
     c = self.builder_config
-    task = ToyArithTask(c.digits, c.num_operands, c.operators, c.mul_digits, c.allow_negative,
+    return ToyArithTask(c.digits, c.num_operands, c.operators, c.mul_digits, c.allow_negative,
                         c.seed, c.train_size, c.test_size)
-    for index, example in enumerate(task.generate(split)):
-      yield index, {'id': example.id, 'problem': example.problem, 'answer': example.answer,
-                    'solution': example.solution}
 
 
 base.quiet_custom_config_warning('ToyArithConfig')
@@ -91,9 +76,7 @@ def prepare(task, data_dir: str):
 
 def record_to_example(record):
   from score_jax.tasks.toy_arith import ArithExample  # pylint: disable=g-import-not-at-top
-  return ArithExample(id=base.text(record['id']), problem=base.text(record['problem']),
-                      answer=base.text(record['answer']),
-                      solution=base.text(record['solution']))
+  return ArithExample(**generated_data.record_fields(record, ScoreToyArith.FIELDS))
 
 
 def load_or_train_tokenizer(task, data_dir: str) -> SentencePieceTokenizer:
