@@ -8,6 +8,7 @@ its description and how to build the task from its builder config.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
@@ -40,6 +41,21 @@ class GeneratedTaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
   def _generate_examples(self, split):
     for index, example in enumerate(self.task().generate(split)):
       yield index, {f: getattr(example, f) for f in self.FIELDS}
+
+
+# The sources already opened, by dataset directory: a task's splits are read from one.
+_SOURCES: dict[str, dict] = {}
+
+
+def prepare(builder: GeneratedTaskBuilder) -> dict:
+  """Writes the builder's dataset if it is not there yet; returns ``{split: random-access
+  source}``, opened once per dataset directory while its files are there."""
+  info = os.path.join(builder.data_dir, 'dataset_info.json')
+  if builder.data_dir in _SOURCES and os.path.exists(info):
+    return _SOURCES[builder.data_dir]
+  base.write_once(builder)
+  _SOURCES[builder.data_dir] = builder.as_data_source()
+  return _SOURCES[builder.data_dir]
 
 
 def record_fields(record: Any, fields: Sequence[str]) -> dict[str, str]:

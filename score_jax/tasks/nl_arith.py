@@ -53,6 +53,7 @@ _OPERATORS = '+-*'
 # Answer markers, case-insensitive; the first number after the last one is the answer.
 _MARKER_RE = re.compile(r'answer\s*(?:is|:|=)|\bA\s*:|result\s*(?:is|:)|\bequals\b|\\boxed\{',
                         re.IGNORECASE)
+_EQUALS_RE = re.compile('=')
 _NUMBER_RE = re.compile(r'-?\d+(?:\.\d+)?')
 _THOUSANDS_RE = re.compile(r'(?<=\d),(?=\d{3}(?!\d))')
 
@@ -171,7 +172,7 @@ def extract_answer(completion: str) -> str | None:
   """The number a reply gives as its answer, by the rule of the module docstring; None when
   the reply has no number (where the rule looks)."""
   text = completion.replace('*', ' ').replace('$', ' ')
-  for pattern in (_MARKER_RE, re.compile('=')):
+  for pattern in (_MARKER_RE, _EQUALS_RE):
     marks = list(pattern.finditer(text))
     if marks:
       numbers = _numbers(text[marks[-1].end():])

@@ -59,9 +59,7 @@ def builder(task, data_dir: str) -> ScoreNlArith:
 
 def prepare(task, data_dir: str) -> dict:
   """Writes the dataset if it is not there yet; returns ``{split: random-access source}``."""
-  b = builder(task, data_dir)
-  base.write_once(b)
-  return b.as_data_source()
+  return generated_data.prepare(builder(task, data_dir))
 
 
 def record_to_example(record):

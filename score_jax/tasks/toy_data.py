@@ -60,18 +60,9 @@ def builder(task, data_dir: str) -> ScoreToyArith:
                        file_format='array_record')
 
 
-_SOURCES: dict[str, dict] = {}
-
-
-def prepare(task, data_dir: str):
+def prepare(task, data_dir: str) -> dict:
   """Writes the dataset if it is not there yet; returns ``{split: random-access source}``."""
-  b = builder(task, data_dir)
-  info = os.path.join(b.data_dir, 'dataset_info.json')
-  if b.data_dir in _SOURCES and os.path.exists(info):
-    return _SOURCES[b.data_dir]
-  base.write_once(b)
-  _SOURCES[b.data_dir] = b.as_data_source()
-  return _SOURCES[b.data_dir]
+  return generated_data.prepare(builder(task, data_dir))
 
 
 def record_to_example(record):
