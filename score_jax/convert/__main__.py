@@ -74,7 +74,7 @@ def _from_checkpoint(path: str, step: int | None):
                                with_reference=False)
   finally:
     checkpointer.close()
-  return params, experiment, experiment.pretrained, experiment.tokenizer
+  return params, experiment
 
 
 def _check_against(experiment, samples_path: str, output: str) -> bool:
@@ -104,8 +104,9 @@ def main(argv):
     if _INPUT.value is not None:
       params, config, source, tokenizer = _from_input(_INPUT.value)
     else:
-      params, experiment, source, tokenizer = _from_checkpoint(_CHECKPOINT.value, _STEP.value)
-      config = experiment.model_config
+      params, experiment = _from_checkpoint(_CHECKPOINT.value, _STEP.value)
+      config, source, tokenizer = (experiment.model_config, experiment.pretrained,
+                                   experiment.tokenizer)
     if not isinstance(tokenizer, hf.HuggingFaceTokenizer):
       tokenizer = None  # e.g. the toy task's sentencepiece model: weights and config only.
     files = hf.export(params, config, _OUTPUT.value, dtype=_DTYPE.value, tokenizer=tokenizer,
