@@ -226,7 +226,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict(dict(batch_size=64, optimizer=optimizer_config(1e-3),
                                          trace_options=ml_collections.ConfigDict()))
   # stage2_beta_attempt1: Stage II's KL weight on attempt 1 (0: beta1, the paper's).
-  # stage2_attempt2_scale: a factor on Stage II's attempt-2 advantages (1: the paper's).
+  # stage2_attempt2_scale, stage2_attempt1_scale: factors on Stage II's attempt-2 and attempt-1
+  # advantages (1: the paper's; rl/settings.py says what each does under Adam).
   # stage2_attempt1_return: Stage II's credit for attempt 1: 'own' (r1, the default), 'episode'
   # (r1 + r2) or 'shaped_episode' (r1 + r2 + alpha (r2 - r1)); rl/settings.py.
   # stage2_base_first_attempts: the share of Stage II's prompts whose first attempts are the
@@ -240,7 +241,7 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.rl = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=4, algorithm='reinforce', ppo_epochs=1, minibatches=1,
       clip_epsilon=0.2, alpha=10.0, beta1=0.01, beta2=0.1, stage2_beta_attempt1=0.0,
-      stage2_attempt2_scale=1.0,
+      stage2_attempt2_scale=1.0, stage2_attempt1_scale=1.0,
       stage2_base_first_attempts=0.0, kl_estimator='k3', baseline='rloo',
       normalize_std=False, shaping_baseline='all_samples', stage2_attempt1_return='own',
       optimizer=optimizer_config(5e-6),
@@ -301,7 +302,8 @@ def validate_train_config(c: ml_collections.ConfigDict) -> list[Phase]:
   if rl.algorithm == 'reinforce' and (rl.ppo_epochs != 1 or rl.minibatches != 1):
     raise ValueError('rl.algorithm=reinforce is on-policy: set rl.ppo_epochs=1 and '
                      'rl.minibatches=1, or use rl.algorithm=ppo.')
-  for name in ('alpha', 'beta1', 'beta2', 'stage2_beta_attempt1', 'stage2_attempt2_scale'):
+  for name in ('alpha', 'beta1', 'beta2', 'stage2_beta_attempt1', 'stage2_attempt2_scale',
+               'stage2_attempt1_scale'):
     if getattr(rl, name) < 0:
       raise ValueError(f'rl.{name} must be >= 0; got {getattr(rl, name)}.')
   if not 0 <= rl.stage2_base_first_attempts < 1:

@@ -244,6 +244,16 @@ def test_stage2_attempt2_scale_multiplies_only_attempt_2s_advantages():
   np.testing.assert_allclose(scaled.kl_weights, plain.kl_weights)
 
 
+def test_stage2_attempt1_scale_multiplies_only_attempt_1s_advantages():
+  plain, scaled = rule('stage2'), rule('stage2', stage2_attempt1_scale=1 / 3)
+  np.testing.assert_allclose(scaled.advantages[:, 3], plain.advantages[:, 3] / 3, rtol=1e-6)
+  assert float(jnp.abs(scaled.advantages[:, 3]).sum()) > 0
+  np.testing.assert_allclose(scaled.advantages[:, 7], plain.advantages[:, 7])
+  np.testing.assert_allclose(scaled.kl_weights, plain.kl_weights)
+  stage1 = rule('stage1'), rule('stage1', stage2_attempt1_scale=1 / 3)
+  np.testing.assert_allclose(stage1[0].advantages, stage1[1].advantages)
+
+
 def test_stage2_without_shaping_and_single_turn():
   w = rule('stage2', alpha=0.0)
   np.testing.assert_allclose(w.advantages[:, 7], [1.0, -1.0, 1.0, -1.0])

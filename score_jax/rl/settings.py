@@ -33,6 +33,9 @@ class RLSettings:
     stage2_attempt2_scale: a factor on Stage II's attempt-2 advantages (1: the paper's). The
       shaped reward's size grows with α, and so does attempt 2's step; 1 / (1 + α) keeps the
       shaping (how flips weigh against keeps) with a step the size of attempt 1's.
+    stage2_attempt1_scale: a factor on Stage II's attempt-1 advantages (1: the paper's). Adam
+      divides the step by the gradient's running size, which attempt 2's term sets at α = 10,
+      so a factor below 1 slows attempt 1 while attempt 2 keeps the phase's pace.
     num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
     baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
     shaping_baseline: where Stage II's attempt-2 baseline comes from: 'all_samples' (the
@@ -58,6 +61,7 @@ class RLSettings:
   beta2: float = 0.1
   stage2_beta_attempt1: float = 0.0
   stage2_attempt2_scale: float = 1.0
+  stage2_attempt1_scale: float = 1.0
   num_samples: int = 4
   baseline: str = 'rloo'
   normalize_std: bool = False

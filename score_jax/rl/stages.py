@@ -98,7 +98,8 @@ def stage_token_weights(settings: RLSettings, r1: Array, r2: Array, segments: Ar
     second = second * settings.stage2_attempt2_scale
     first_return = {'own': r1, 'episode': r1 + r2,
                     'shaped_episode': r1 + shaped}[settings.stage2_attempt1_return]
-    advantages = jnp.where(in_attempt1, advantage(first_return),
+    first = advantage(first_return) * settings.stage2_attempt1_scale
+    advantages = jnp.where(in_attempt1, first,
                            jnp.where(in_attempt2, second, zeros))
     pg_mask = in_attempt1 | in_attempt2
     beta_attempt1 = settings.stage2_beta_attempt1 or beta1

@@ -101,7 +101,8 @@ def rl_settings(config: ml_collections.ConfigDict, stage: str) -> RLSettings:
   return RLSettings(
       stage=stage, alpha=rl.alpha, beta1=rl.beta1, beta2=rl.beta2,
       stage2_beta_attempt1=rl.stage2_beta_attempt1,
-      stage2_attempt2_scale=rl.stage2_attempt2_scale, num_samples=rl.num_samples,
+      stage2_attempt2_scale=rl.stage2_attempt2_scale,
+      stage2_attempt1_scale=rl.stage2_attempt1_scale, num_samples=rl.num_samples,
       baseline=rl.baseline, normalize_std=rl.normalize_std,
       shaping_baseline=rl.shaping_baseline,
       stage2_attempt1_return=rl.stage2_attempt1_return, algorithm=rl.algorithm,
