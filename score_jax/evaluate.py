@@ -54,7 +54,7 @@ from score_jax.checkpoints import (Checkpointer, UnreadableCheckpoint, checkpoin
                                    restore_models)
 from score_jax.sampling import SamplingParams
 from score_jax.training.errors import EXIT_INVALID, EXIT_STORAGE, StorageFault
-from score_jax.training.evaluation import Evaluator
+from score_jax.training.evaluation import Evaluator, held_out_problems
 from score_jax.training.experiment import Experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -184,7 +184,11 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
 
-  examples = experiment.test_examples[:_NUM_PROBLEMS.value or config.eval.num_problems]
+  try:
+    examples = held_out_problems(experiment.test_examples, _NUM_PROBLEMS.value,
+                                 config.eval.num_problems)
+  except ValueError as e:
+    _fail(str(e))
   evaluator = Evaluator(experiment, config.eval.batch_size)
   main_process = distributed.is_main_process()
   say = functools.partial(print, flush=True) if main_process else lambda *_, **__: None

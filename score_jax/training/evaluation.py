@@ -103,3 +103,14 @@ class Evaluator:
     result['num_problems'] = len(examples)
     result['eval_s'] = time.perf_counter() - start
     return result
+
+
+def held_out_problems(test_examples: Sequence, requested: int | None, default: int) -> Sequence:
+  """The first ``requested`` held-out problems (None or 0: the config's ``default``, at most
+  the split). A request beyond the split is an error, not a smaller table under its name."""
+  if requested and requested < 0:
+    raise ValueError(f'--num_problems must be positive (0: the config\'s); got {requested}.')
+  if requested and requested > len(test_examples):
+    raise ValueError(f'--num_problems={requested}, but the held-out split has '
+                     f'{len(test_examples)} problems (config.task.test_size).')
+  return test_examples[:requested or default]
