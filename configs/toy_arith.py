@@ -62,9 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rl.num_samples = 4
   config.rl.optimizer.learning_rate = 1e-4
   config.rl.optimizer.warmup_steps = 10
-  # Stage II ten times slower than Stage I: at Stage I's rate it trades the correction for
-  # attempt 1's accuracy within 100 steps (docs/stage2.md, Hypothesis 12).
-  config.rl.stage_learning_rate.stage2 = 1e-5
+  # Stage II's pace, per attempt (docs/stage2.md, Hypotheses 12, 19 and 20). Attempt 1 moves
+  # at a tenth of Stage I's rate: faster, it trades the correction for its own accuracy and
+  # writes new wrong steps. Attempt 2 moves three times faster than that: the rate is 3e-5
+  # and attempt 1's advantages are scaled by 1/3 (Adam sizes the step by attempt 2's term).
+  # Attempt 2's baseline comes from the samples whose attempt 1 scored the same, which keeps
+  # that pace from teaching it to break right answers.
+  config.rl.stage_learning_rate.stage2 = 3e-5
+  config.rl.stage2_attempt1_scale = 1 / 3
+  config.rl.shaping_baseline = 'same_first_outcome'
   config.rl.alpha = 10.0
   config.rl.beta1 = 0.01
   config.rl.beta2 = 0.1

@@ -91,7 +91,10 @@ def test_rl_settings_come_from_the_config_once():
   assert settings == RLSettings(stage='stage1', alpha=3.0, beta1=config.rl.beta1,
                                 beta2=config.rl.beta2, num_samples=config.rl.num_samples,
                                 algorithm='ppo', minibatches=2, logprob_chunk=64,
-                                attempt_grad_norms=config.rl.attempt_grad_norms)
+                                attempt_grad_norms=config.rl.attempt_grad_norms,
+                                shaping_baseline=config.rl.shaping_baseline,
+                                stage2_attempt1_scale=config.rl.stage2_attempt1_scale)
+  assert settings.stage2_attempt1_scale == pytest.approx(1 / 3)  # The toy config's, not 1.
   with pytest.raises(ValueError, match="Unknown stage 'stage3'"):
     rl_settings(config, 'stage3')
 

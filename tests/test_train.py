@@ -92,7 +92,7 @@ def test_smoke_config_runs_end_to_end_through_main(smoke_run):
   # Each phase's header names the rate it trains at: Stage II its own (rl.stage_learning_rate),
   # Stage I rl.optimizer's.
   assert 'stage1 for 3 steps (from step 0), adam at peak learning rate 0.0001 ==' in result.stdout
-  assert 'stage2 for 3 steps (from step 0), adam at peak learning rate 1e-05 ==' in result.stdout
+  assert 'stage2 for 3 steps (from step 0), adam at peak learning rate 3e-05 ==' in result.stdout
 
   # Every logged metric is finite; every phase logged its steps.
   records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
