@@ -54,11 +54,22 @@ def format_attempt1_kinds(kinds: Mapping[str, Mapping[str, Mapping[str, int]]]) 
   return '\n'.join(lines)
 
 
+def final_row_label(schedule: str) -> str:
+  """The final row's name in a run's table: 'final (SCoRe)' after Stage I and Stage II, else
+  the kinds of phase that trained it after the warm start ('final (single_turn)', ...)."""
+  kinds = [p.split(':')[0].strip() for p in schedule.split(',') if p.strip()]
+  trained = list(dict.fromkeys(k for k in kinds if k != 'sft'))
+  if {'stage1', 'stage2'} <= set(trained):
+    return 'final (SCoRe)'
+  return f'final ({", ".join(trained)})' if trained else 'final'
+
+
 def write_run_summary(workdir: str, summary: dict) -> None:
   """The end of a run: prints its table (base and final rows), writes ``summary.json`` and
   plots ``curves.png`` from ``metrics.jsonl``."""
   base, final = summary['base'], summary['final']
-  rows = {'base': base, 'final (SCoRe)': final} if base else {'final': final}
+  rows = {'base': base, final_row_label(summary.get('schedule', '')): final} if base else {
+      'final': final}
   print('\n' + format_table(rows) + '\n', flush=True)
   summary_path = os.path.join(workdir, 'summary.json')
   paths.write_text(summary_path, json.dumps(summary, indent=2))

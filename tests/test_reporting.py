@@ -21,3 +21,12 @@ def test_an_empty_panel_says_why(tmp_path, monkeypatch):
   assert notes['training reward'] == []  # plotted, so no note
   assert notes['gradient norm per attempt'] == ['not measured: set rl.attempt_grad_norms=True']
   assert notes['KL to the reference'] == ['nothing logged']
+
+
+def test_the_final_row_is_named_after_what_trained_it():
+  assert reporting.final_row_label('sft:600,stage1:100,stage2:100') == 'final (SCoRe)'
+  assert reporting.final_row_label('stage1:100,stage2:50,stage1:100') == 'final (SCoRe)'
+  assert reporting.final_row_label('single_turn:200') == 'final (single_turn)'
+  assert reporting.final_row_label('stage1:100,star:100') == 'final (stage1, star)'
+  assert reporting.final_row_label('star:67,star:67,star:66') == 'final (star)'
+  assert reporting.final_row_label('sft:20') == 'final'
