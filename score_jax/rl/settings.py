@@ -35,7 +35,8 @@ class RLSettings:
       shaping (how flips weigh against keeps) with a step the size of attempt 1's.
     stage2_attempt1_scale: a factor on Stage II's attempt-1 advantages (1: the paper's). Adam
       divides the step by the gradient's running size, which attempt 2's term sets at α = 10,
-      so a factor below 1 slows attempt 1 while attempt 2 keeps the phase's pace.
+      so a factor below 1 slows attempt 1 while attempt 2 keeps the phase's pace (at α = 0
+      attempt 2's term no longer dominates, and the factor holds attempt 1 back much less).
     num_samples: k, samples per prompt (rows come in groups of k, see ``group_advantages``).
     baseline: 'rloo', 'mean' or 'none'; normalize_std: divide advantages by the group std.
     shaping_baseline: where Stage II's attempt-2 baseline comes from: 'all_samples' (the
