@@ -197,7 +197,7 @@ def test_two_processes_train_exactly_as_one_process(two_runs):
 
   # Process 0 alone prints and writes; process 1 trains silently.
   (_, out0), (_, out1) = multi_results
-  assert '| final (SCoRe) |' in out0 and '[stage2 2/2]' in out0
+  assert '| final (stage2) |' in out0 and '[stage2 2/2]' in out0
   assert '| final' not in out1 and '[stage2' not in out1 and 'evaluating' not in out1
   assert os.path.exists(os.path.join(multi, 'summary.json'))
   assert os.path.exists(os.path.join(multi, 'curves.png'))
