@@ -12,6 +12,7 @@ from etils import epath
 
 from score_jax import paths
 from score_jax.metrics import OUTCOME_NAMES
+from score_jax.training.phases import parse_schedule
 from score_jax.writers import read_jsonl
 
 
@@ -57,7 +58,7 @@ def format_attempt1_kinds(kinds: Mapping[str, Mapping[str, Mapping[str, int]]]) 
 def final_row_label(schedule: str) -> str:
   """The final row's name in a run's table: 'final (SCoRe)' after Stage I and Stage II, else
   the kinds of phase that trained it after the warm start ('final (single_turn)', ...)."""
-  kinds = [p.split(':')[0].strip() for p in schedule.split(',') if p.strip()]
+  kinds = [phase.kind for phase in parse_schedule(schedule)] if schedule else []
   trained = list(dict.fromkeys(k for k in kinds if k != 'sft'))
   if {'stage1', 'stage2'} <= set(trained):
     return 'final (SCoRe)'
