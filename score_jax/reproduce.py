@@ -44,7 +44,7 @@ from score_jax.paper import scaling
 from score_jax.paper import tables as paper_tables
 from score_jax.paper.tables import METHODS, METHODS_BY_NAME
 from score_jax.training.errors import EXIT_INVALID, RunError
-from score_jax.training.evaluation import Evaluator
+from score_jax.training.evaluation import Evaluator, held_out_problems
 from score_jax.training.experiment import Experiment
 from score_jax.training.phases import format_schedule
 from score_jax.training.trainer import Trainer
@@ -213,6 +213,10 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     reproduction = Reproduction(_CONFIG.value, workdir, seeds, list(_METHODS.value),
                                 _EVAL_EVERY.value)
+    # Checked now, not after hours of training.
+    scaling_examples = held_out_problems(
+        reproduction.experiment.test_examples, _SCALING_PROBLEMS.value,
+        reproduction.config.eval.num_problems, flag='--scaling_problems')
   except (ValueError, FileNotFoundError) as e:
     _fail(f'score_jax.reproduce: {e}', EXIT_INVALID)
   try:
@@ -247,21 +251,20 @@ def main(argv):
   # Inference-time scaling (first seed): base and SCoRe models.
   if _SCALING_SAMPLES.value and 'score' in methods:
     exp, config = reproduction.experiment, reproduction.config
-    examples = exp.test_examples[:_SCALING_PROBLEMS.value or config.eval.num_problems]
     evaluator = Evaluator(exp, config.eval.batch_size)
     n = _SCALING_SAMPLES.value
     budgets = [b for b in (2, 4, 8, 16, 32, 64, 128) if b <= n]
     scaling_rows = {}
     for name, params in (('base', reproduction.base_params),
                          ('score', reproduction.first_seed_score_params())):
-      print(f'==== inference-time scaling: {name}, {n} rollouts x {len(examples)} problems ====',
-            flush=True)
+      print(f'==== inference-time scaling: {name}, {n} rollouts x {len(scaling_examples)} '
+            f'problems ====', flush=True)
       votes = scaling.sample_votes(
-          evaluator, params, examples, n, seed=seeds[0],
+          evaluator, params, scaling_examples, n, seed=seeds[0],
           progress=lambda done, total: done % 8 == 0 and print(f'   {done}/{total} rollouts '
                                                                f'per problem', flush=True))
       scaling_rows[name] = scaling.scaling_curve(*votes, budgets)
-    result['inference_scaling'] = dict(num_problems=len(examples), temperature=1.0,
+    result['inference_scaling'] = dict(num_problems=len(scaling_examples), temperature=1.0,
                                        rows=scaling_rows)
     plots.append(paper_tables.plot_scaling(scaling_rows,
                                            os.path.join(workdir, 'inference_scaling.png')))

@@ -16,3 +16,5 @@ def test_held_out_problems_defaults_to_the_config_and_refuses_more_than_the_spli
     held_out_problems(split, 1000, 200)
   with pytest.raises(ValueError, match='must be positive'):
     held_out_problems(split, -3, 200)
+  with pytest.raises(ValueError, match=r'--scaling_problems=600, but the held-out split has 500'):
+    held_out_problems(split, 600, 200, flag='--scaling_problems')

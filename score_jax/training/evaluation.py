@@ -105,12 +105,14 @@ class Evaluator:
     return result
 
 
-def held_out_problems(test_examples: Sequence, requested: int | None, default: int) -> Sequence:
+def held_out_problems(test_examples: Sequence, requested: int | None, default: int,
+                      flag: str = '--num_problems') -> Sequence:
   """The first ``requested`` held-out problems (None or 0: the config's ``default``, at most
-  the split). A request beyond the split is an error, not a smaller table under its name."""
+  the split). A request beyond the split is an error, not a smaller table under its name;
+  ``flag`` names the request in it."""
   if requested and requested < 0:
-    raise ValueError(f'--num_problems must be positive (0: the config\'s); got {requested}.')
+    raise ValueError(f'{flag} must be positive (0: the config\'s); got {requested}.')
   if requested and requested > len(test_examples):
-    raise ValueError(f'--num_problems={requested}, but the held-out split has '
+    raise ValueError(f'{flag}={requested}, but the held-out split has '
                      f'{len(test_examples)} problems (config.task.test_size).')
   return test_examples[:requested or default]
